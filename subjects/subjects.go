@@ -132,6 +132,13 @@ func InboxPrefix(id string) string { return "_INBOX_" + id }
 // Key is node id's key in Bucket.
 func Key(id string) string { return id }
 
+// KVSubject is the subject a put of node id's key in Bucket is published on.
+// A node's NATS user may publish there and nowhere else in the bucket.
+func KVSubject(id string) string { return "$KV." + Bucket + "." + Key(id) }
+
+// KVAll matches puts of every key in Bucket.
+func KVAll() string { return "$KV." + Bucket + ".>" }
+
 // ErrUnknownSubject reports a subject outside this contract.
 var ErrUnknownSubject = errors.New("unknown subject")
 
