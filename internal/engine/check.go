@@ -1,0 +1,135 @@
+package engine
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/quantix-os/update-agent/internal/journal"
+	"github.com/quantix-os/update-agent/internal/manifest"
+	"github.com/quantix-os/update-agent/internal/semver"
+	"github.com/quantix-os/update-agent/subjects"
+)
+
+// checked is a manifest that passed verification and policy.
+type checked struct {
+	m   *manifest.Manifest
+	raw []byte // the signed manifest bytes
+}
+
+// Check answers whether an update is available on the request's channel (the
+// configured one by default). With req.SignedManifest it verifies that
+// envelope instead of asking the Update Server, so a fleet check costs the
+// server nothing. Failures are in the reply's Error as well as returned.
+func (e *Engine) Check(ctx context.Context, req subjects.CheckRequest) (subjects.CheckReply, error) {
+	set := e.Settings()
+	channel := req.Channel
+	if channel == "" {
+		channel = set.Channel
+	}
+	reply := subjects.CheckReply{NodeID: e.opts.NodeID, Channel: channel, CurrentVersion: e.CurrentVersion(), Components: []subjects.ComponentUpdate{}}
+	e.setIdleStatus(subjects.StatusChecking, "")
+	c, err := e.check(ctx, channel, req.SignedManifest, false)
+	e.store.Update(func(s *journal.State) error { s.LastCheck = e.now().UTC(); return nil })
+	if err != nil {
+		reply.Error = err.Error()
+		e.setIdleStatus(subjects.StatusError, err.Error())
+		return reply, err
+	}
+	e.fillReply(&reply, c.m)
+	if reply.Available {
+		e.setIdleStatus(subjects.StatusAvailable, "version "+reply.AvailableVersion+" available")
+	} else {
+		e.setIdleStatus(subjects.StatusUpToDate, "")
+	}
+	return reply, nil
+}
+
+// check fetches (or takes) a signed manifest, verifies it against the keys
+// and the policy, records its serial and caches it.
+func (e *Engine) check(ctx context.Context, channel string, signed []byte, allowDowngrade bool) (*checked, error) {
+	if err := ValidChannel(channel); err != nil {
+		return nil, fmt.Errorf("check: %w", err)
+	}
+	if len(signed) == 0 {
+		var err error
+		signed, err = e.opts.Fetcher.SignedManifest(ctx, channel)
+		if err != nil {
+			return nil, fmt.Errorf("check channel %s: %w", channel, err)
+		}
+	}
+	m, _, err := manifest.Verify(signed, e.opts.Keys)
+	if err != nil {
+		return nil, fmt.Errorf("check channel %s: %w", channel, err)
+	}
+	var highest uint64
+	var installed string
+	e.store.View(func(s *journal.State) {
+		highest = s.Serials[channel]
+		installed = s.CurrentVersion
+	})
+	p := manifest.Policy{Channel: channel, Now: e.now(), HighestSerial: highest, Installed: installed, AllowDowngrade: allowDowngrade}
+	if err := p.Check(m); err != nil {
+		return nil, fmt.Errorf("check channel %s: %w", channel, err)
+	}
+	if m.Serial > highest {
+		if err := e.store.Update(func(s *journal.State) error {
+			if m.Serial > s.Serials[channel] {
+				s.Serials[channel] = m.Serial
+			}
+			return nil
+		}); err != nil {
+			return nil, fmt.Errorf("check: %w", err)
+		}
+	}
+	c := &checked{m: m, raw: signed}
+	e.mu.Lock()
+	e.checked[channel] = c
+	e.mu.Unlock()
+	return c, nil
+}
+
+// newer reports whether release version v is newer than the installed one.
+func newer(v, installed string) bool {
+	if installed == "" {
+		return true
+	}
+	n, err := semver.Compare(v, installed)
+	return err == nil && n > 0
+}
+
+func (e *Engine) fillReply(r *subjects.CheckReply, m *manifest.Manifest) {
+	cur := e.Versions()
+	r.Available = newer(m.Version, r.CurrentVersion)
+	r.ReleaseNotes = m.ReleaseNotes
+	if !r.Available {
+		return
+	}
+	r.AvailableVersion = m.Version
+	for _, c := range m.Components {
+		if _, ok := e.opts.Components[c.Name]; !ok {
+			continue // this host does not run it
+		}
+		if cur.Components[c.Name] == c.Version {
+			continue
+		}
+		r.Components = append(r.Components, subjects.ComponentUpdate{Name: c.Name, CurrentVersion: cur.Components[c.Name], NewVersion: c.Version, SizeBytes: c.Size})
+		r.TotalDownloadSize += c.Size
+	}
+	if m.Image != nil {
+		r.FullImageAvailable = true
+	}
+}
+
+// setIdleStatus changes the status when no update runs; a check must not
+// hide the progress of an update in flight.
+func (e *Engine) setIdleStatus(s subjects.Status, msg string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.running != nil || e.status.Status == subjects.StatusRebootRequired {
+		return
+	}
+	e.status.Status = s
+	e.status.Message = msg
+	e.status.Progress = nil
+	e.status.OperationID = ""
+}
