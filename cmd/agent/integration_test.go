@@ -94,7 +94,7 @@ func (p *proc) find(t *testing.T, re string) string {
 	return m[1]
 }
 
-func run(t *testing.T, name string, args ...string) string {
+func runCmd(t *testing.T, name string, args ...string) string {
 	t.Helper()
 	out, err := exec.Command(filepath.Join(binDir, name), args...).CombinedOutput()
 	if err != nil {
@@ -134,14 +134,14 @@ func newSite(t *testing.T, extraServeArgs ...string) *site {
 	t.Helper()
 	s := &site{dir: t.TempDir()}
 	s.repo = filepath.Join(s.dir, "repo")
-	run(t, "vdc-sim", "keygen", "--out", filepath.Join(s.dir, "keys"))
+	runCmd(t, "vdc-sim", "keygen", "--out", filepath.Join(s.dir, "keys"))
 	s.key = filepath.Join(s.dir, "keys", "update.key")
 	b, err := os.ReadFile(filepath.Join(s.dir, "keys", "update.pub"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	s.pub = strings.TrimSpace(string(b))
-	args := append([]string{"serve", "--repo", s.repo, "--http", "127.0.0.1:0", "--nats-listen", "127.0.0.1:-1", "--store", filepath.Join(s.dir, "nats")}, extraServeArgs...)
+	args := append([]string{"serve", "--repo", s.repo, "--http", "127.0.0.1:0", "--nats-listen", "127.0.0.1:0", "--store", filepath.Join(s.dir, "nats")}, extraServeArgs...)
 	s.serve = start(t, "vdc-sim", args...)
 	s.url = s.serve.find(t, `update server listening on (http://127\.0\.0\.1:\d+)`)
 	return s
@@ -156,7 +156,7 @@ func (s *site) release(t *testing.T, version string) {
 		writeFile(t, filepath.Join(src, "VERSION"), version+"\n", 0o644)
 		args = append(args, "--component", c+"="+src)
 	}
-	run(t, "vdc-sim", args...)
+	runCmd(t, "vdc-sim", args...)
 }
 
 // host is a node agent on a temp root at 0.0.5.
@@ -361,7 +361,7 @@ func TestBadConfigRefused(t *testing.T) {
 }
 
 func TestVersionCommand(t *testing.T) {
-	out := run(t, "agent", "version")
+	out := runCmd(t, "agent", "version")
 	if !strings.HasPrefix(out, "agent ") {
 		t.Fatalf("agent version = %q", out)
 	}

@@ -24,6 +24,7 @@ import (
 	"github.com/quantix-os/update-agent/internal/config"
 	"github.com/quantix-os/update-agent/internal/engine"
 	"github.com/quantix-os/update-agent/internal/fetch"
+	"github.com/quantix-os/update-agent/internal/maintenance"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -94,7 +95,7 @@ func newLogger(w io.Writer, c config.Log) *slog.Logger {
 	if c.Format == "json" {
 		return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: level}))
 	}
-	return slog.New(tint.NewHandler(w, &tint.Options{Level: level, NoColor: !isTerminal(w)}))
+	return slog.New(tint.NewTextHandler(w, &tint.Options{Level: level, NoColor: !isTerminal(w)}))
 }
 
 func isTerminal(w io.Writer) bool {
@@ -124,11 +125,19 @@ func serve(ctx context.Context, cfg config.Options, log *slog.Logger) error {
 	for name, c := range cfg.Components {
 		comps[name] = engine.Component{Dir: cfg.ComponentDir(name), Service: c.Service, Health: c.Health, HealthTimeout: c.HealthTimeout.D()}
 	}
+	var ab *engine.AB
+	if cfg.ABEnabled() {
+		ab = &engine.AB{
+			Slots:   map[string]string{"a": cfg.AB.Slots.A, "b": cfg.AB.Slots.B},
+			GrubEnv: cfg.AB.GrubEnv, Cmdline: cfg.AB.Cmdline, RebootCommand: cfg.AB.RebootCommand,
+			MaintenanceTimeout: cfg.AB.MaintenanceTimeout.D(), HealthCommand: cfg.AB.HealthCommand,
+		}
+	}
 	eng, err := engine.New(engine.Options{
 		NodeID: cfg.NodeID, Root: cfg.Paths.Root, StateDir: cfg.StateDir(), Components: comps,
 		RCService: cfg.Services.RCService, RestartTimeout: cfg.Services.RestartTimeout.D(), Keys: keys, Fetcher: client,
 		ServerURL: cfg.Updates.ServerURL, Channel: cfg.Updates.Channel, AutoCheck: cfg.Updates.AutoCheck,
-		AutoApply: cfg.Updates.AutoApply, CheckInterval: cfg.Updates.CheckInterval.D(), AgentVersion: version, Logger: log,
+		AutoApply: cfg.Updates.AutoApply, CheckInterval: cfg.Updates.CheckInterval.D(), AgentVersion: version, Logger: log, AB: ab,
 	})
 	if err != nil {
 		return err
@@ -149,7 +158,7 @@ func serve(ctx context.Context, cfg config.Options, log *slog.Logger) error {
 			NodeID: cfg.NodeID, URL: cfg.NATS.URL, Creds: cfg.NATS.Creds, NkeySeed: cfg.NATS.NkeySeed,
 			User: cfg.NATS.User, Password: password, TLSCA: cfg.NATS.TLS.CA, TLSCert: cfg.NATS.TLS.Cert,
 			TLSKey: cfg.NATS.TLS.Key, TLSInsecure: cfg.NATS.TLS.InsecureSkipVerify, Name: cfg.NATS.Name,
-			AgentVersion: version, Logger: log.With("component", "bus"),
+			AgentVersion: version, BootSlot: eng.BootSlot, Logger: log.With("component", "bus"),
 		})
 		if err != nil {
 			return err
@@ -157,6 +166,7 @@ func serve(ctx context.Context, cfg config.Options, log *slog.Logger) error {
 		defer conn.Close()
 		// Events wait in the journal until the bus acks them.
 		eng.SetPublisher(conn)
+		eng.SetMaintainer(maintenance.New(conn.NATS(), cfg.NodeID, log))
 	}
 	if cfg.HTTP.Listen != "" {
 		token, err := cfg.Token()
