@@ -182,7 +182,7 @@ func TestKeygenReleaseServe(t *testing.T) {
 
 	// serve on a free port; the address comes from its log.
 	var logs syncBuffer
-	srv := exec.Command(bin, "serve", "--repo", repo, "--http", "127.0.0.1:0")
+	srv := exec.Command(bin, "serve", "--repo", repo, "--http", "127.0.0.1:0", "--nats-listen", "127.0.0.1:0")
 	srv.Stdout, srv.Stderr = &logs, &logs
 	if err := srv.Start(); err != nil {
 		t.Fatal(err)

@@ -29,12 +29,18 @@ func cmdServe(ctx context.Context, e *env, args []string) error {
 	o := serveOptions{Log: e.log}
 	fs.StringVar(&o.Repo, "repo", "", "release repository directory, as written by release (required)")
 	fs.StringVar(&o.HTTP, "http", DefaultHTTP, "HTTP listen address; port 0 picks a free port")
+	nf := addNATSFlags(fs)
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if o.Repo == "" {
 		return usageError(fs, "--repo is required")
 	}
+	stopBus, err := startBus(ctx, e, nf, &o)
+	if err != nil {
+		return err
+	}
+	defer stopBus()
 	return runServe(ctx, o)
 }
 

@@ -151,6 +151,8 @@ func (e *Engine) recordRefusal(cmd subjects.ApplyCommand, err error) {
 
 // Cancel stops the operation in flight. Whatever it installed is rolled back.
 func (e *Engine) Cancel(ctx context.Context, cmd subjects.CancelCommand) (subjects.Ack, error) {
+	e.cancelMu.Lock()
+	defer e.cancelMu.Unlock()
 	e.mu.Lock()
 	r := e.running
 	e.mu.Unlock()
@@ -264,7 +266,19 @@ func (e *Engine) runOp(ctx context.Context) {
 		}
 	}
 	if errors.Is(err, errAwaitReboot) {
+		e.cancelMu.Lock()
 		e.clearRunning()
+		cancelled := ""
+		e.store.View(func(s *journal.State) {
+			if s.Op != nil {
+				cancelled = s.Op.Cancelled
+			}
+		})
+		e.cancelMu.Unlock()
+		if cancelled != "" {
+			e.disarm()
+			e.finish(op, errCancelled{cancelled})
+		}
 		return
 	}
 	if err != nil && ctx.Err() != nil && e.ctx.Err() != nil {

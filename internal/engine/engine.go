@@ -85,6 +85,9 @@ type Engine struct {
 	now   func() time.Time
 
 	applyMu sync.Mutex // serializes Apply so two commands cannot both start
+	// cancelMu orders a Cancel against an operation that stops to wait for a
+	// reboot, so the cancel reaches either the goroutine or the waiting op.
+	cancelMu sync.Mutex
 
 	mu        sync.Mutex
 	status    subjects.StatusReport

@@ -46,6 +46,8 @@ type harness struct {
 	cancel context.CancelFunc
 	events <-chan subjects.UpdateEvent
 	mods   []func(*Options)
+	image  string // raw image file released with the components, when set
+	maint  Maintainer
 }
 
 func writeFile(t testing.TB, p, content string, mode os.FileMode) {
@@ -59,6 +61,11 @@ func writeFile(t testing.TB, p, content string, mode os.FileMode) {
 }
 
 func newHarness(t *testing.T, mods ...func(*Options)) *harness {
+	return newHarnessWith(t, nil, mods...)
+}
+
+// newHarnessWith runs pre on the harness before the first release and start.
+func newHarnessWith(t *testing.T, pre func(h *harness), mods ...func(*Options)) *harness {
 	t.Helper()
 	h := &harness{t: t, dir: t.TempDir(), mods: mods}
 	h.root = filepath.Join(h.dir, "root")
@@ -77,6 +84,9 @@ func newHarness(t *testing.T, mods ...func(*Options)) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if pre != nil {
+		pre(h)
+	}
 	h.release("0.0.6", time.Now())
 	h.srv = httptest.NewServer(updatesrv.Handler(h.repo, nil))
 	t.Cleanup(h.srv.Close)
@@ -90,7 +100,7 @@ func newHarness(t *testing.T, mods ...func(*Options)) *harness {
 func (h *harness) release(version string, now time.Time) {
 	h.t.Helper()
 	_, err := release.Create(context.Background(), release.Spec{
-		Repo: h.repo, Channel: "dev", Version: version, Notes: "notes " + version, Key: h.key, Now: now,
+		Repo: h.repo, Channel: "dev", Version: version, Notes: "notes " + version, Key: h.key, Now: now, Image: h.image,
 		Components: map[string]string{"qx-node": filepath.Join(h.dir, "src/qx-node"), "qx-console": filepath.Join(h.dir, "src/qx-console")},
 	})
 	if err != nil {
@@ -133,6 +143,9 @@ func (h *harness) startEngine(eng *Engine) {
 	}
 	h.eng = eng
 	h.ctx, h.cancel = context.WithCancel(context.Background())
+	if h.maint != nil {
+		eng.SetMaintainer(h.maint)
+	}
 	ev, unsub := eng.Subscribe()
 	h.events = ev
 	eng.Start(h.ctx)

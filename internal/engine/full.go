@@ -205,7 +205,12 @@ func (e *Engine) acquireMaintenance(ctx context.Context, op *journal.Operation) 
 		err = cause
 	}
 	err = e.stopped(ctx, fmt.Errorf("maintenance: %w", err))
-	e.releaseMaintenance(op, "failed")
+	outcome := string(subjects.EventFailed)
+	var ce errCancelled
+	if errors.As(err, &ce) {
+		outcome = string(subjects.EventCancelled)
+	}
+	e.releaseMaintenance(op, outcome)
 	op.MaintenanceID = "" // released: finish must not release it again
 	return err
 }

@@ -1,0 +1,182 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strconv"
+	"sync"
+	"text/tabwriter"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/quantix-os/update-agent/internal/bus"
+	"github.com/quantix-os/update-agent/internal/vdc"
+	"github.com/quantix-os/update-agent/subjects"
+)
+
+func init() {
+	commands["hosts"] = command{
+		synopsis: "[--json] [--nats-url URL]",
+		summary:  "list every node's latest state from the qx_nodes bucket",
+		run:      runHosts,
+	}
+}
+
+func runHosts(ctx context.Context, e *env, args []string) error {
+	fs := newFlagSet(e, "hosts")
+	bf := addBusFlags(fs)
+	timeout := fs.Duration("timeout", 10*time.Second, "give up after this long")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	c, closeBus, err := bf.dial()
+	if err != nil {
+		return err
+	}
+	defer closeBus()
+	ctx, cancel := context.WithTimeout(ctx, *timeout)
+	defer cancel()
+	hosts, err := c.Hosts(ctx)
+	if err != nil {
+		return err
+	}
+	if bf.json {
+		return printJSON(e.stdout, hosts)
+	}
+	return printHosts(e.stdout, hosts, time.Now())
+}
+
+// printHosts prints the table NODE VERSION STATUS PROGRESS LAST SEEN.
+func printHosts(w io.Writer, hosts []subjects.NodeState, now time.Time) error {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "NODE\tVERSION\tSTATUS\tPROGRESS\tLAST SEEN")
+	for _, h := range hosts {
+		progress := "-"
+		if h.Progress != nil {
+			progress = strconv.Itoa(*h.Progress) + "%"
+		}
+		status := string(h.Status)
+		if h.Status == subjects.StatusError && h.Message != "" {
+			status += " (" + h.Message + ")"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", h.NodeID, dash(h.CurrentVersion), dash(status), progress, ago(h.UpdatedAt, now))
+	}
+	return tw.Flush()
+}
+
+// ago writes how long before now t was: "4s ago", "3m ago", "2h ago".
+func ago(t, now time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	d := max(now.Sub(t), 0)
+	switch {
+	case d < time.Minute:
+		return fmt.Sprintf("%ds ago", int(d/time.Second))
+	case d < time.Hour:
+		return fmt.Sprintf("%dm ago", int(d/time.Minute))
+	case d < 48*time.Hour:
+		return fmt.Sprintf("%dh ago", int(d/time.Hour))
+	}
+	return t.Local().Format("2006-01-02 15:04")
+}
+
+// natsOptions are serve's bus flags: vDC's side of the fleet.
+type natsOptions struct {
+	listen   string
+	store    string
+	url      string
+	replicas int
+}
+
+func addNATSFlags(fs *flag.FlagSet) *natsOptions {
+	n := &natsOptions{}
+	fs.StringVar(&n.listen, "nats-listen", "127.0.0.1:4222", "embedded NATS server listen address; port 0 picks a free port")
+	fs.StringVar(&n.store, "store", "", "JetStream store `DIR` of the embedded server (default: a temp dir removed at exit)")
+	fs.StringVar(&n.url, "nats-url", "", "use the NATS server at `URL` instead of embedding one")
+	fs.IntVar(&n.replicas, "replicas", 1, "replicas of the event stream and node bucket (a clustered server)")
+	return n
+}
+
+// startBus brings up serve's vDC side: the embedded NATS server (unless
+// --nats-url), the QX_EVENTS stream and qx_nodes bucket, a log of every
+// event, and the hosts REST API added to o's handlers. stop undoes it, after
+// the HTTP server stopped.
+func startBus(ctx context.Context, e *env, n *natsOptions, o *serveOptions) (stop func(), err error) {
+	if n.replicas < 1 {
+		return nil, fmt.Errorf("--replicas %d: want 1 or more", n.replicas)
+	}
+	log := e.log.With("component", "vdc")
+	var undo []func()
+	stop = func() {
+		for i := len(undo) - 1; i >= 0; i-- {
+			undo[i]()
+		}
+	}
+	defer func() {
+		if err != nil {
+			stop()
+		}
+	}()
+
+	url := n.url
+	if url == "" {
+		store := n.store
+		if store == "" {
+			if store, err = os.MkdirTemp("", "vdc-sim-nats-"); err != nil {
+				return nil, fmt.Errorf("nats store: %w", err)
+			}
+			undo = append(undo, func() { os.RemoveAll(store) })
+		}
+		var s *server.Server
+		if s, err = vdc.StartServer(n.listen, store, e.log.With("component", "nats")); err != nil {
+			return nil, err
+		}
+		undo = append(undo, func() { s.Shutdown(); s.WaitForShutdown() })
+		url = s.ClientURL()
+		e.log.Info("nats listening on "+url, "store", store)
+	}
+
+	nc, err := nats.Connect(url, nats.Name("vdc-sim serve"), nats.MaxReconnects(-1))
+	if err != nil {
+		return nil, fmt.Errorf("connect to %s: %w", url, err)
+	}
+	undo = append(undo, nc.Close)
+	if n.url != "" {
+		e.log.Info("using nats server " + n.url)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, fmt.Errorf("jetstream on %s: %w", url, err)
+	}
+	pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := bus.Provision(pctx, js, n.replicas); err != nil {
+		return nil, err
+	}
+	c, err := vdc.NewClient(nc)
+	if err != nil {
+		return nil, err
+	}
+
+	lctx, stopLog := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Go(func() { vdc.LogEvents(lctx, c, log) })
+	undo = append(undo, func() { stopLog(); wg.Wait() })
+
+	rest := vdc.RESTHandler(c, log)
+	if o.Handlers == nil {
+		o.Handlers = map[string]http.Handler{}
+	}
+	// Method-less patterns, so the REST handler answers 405 for a wrong method itself.
+	o.Handlers["/api/v1/updates/hosts"] = rest
+	o.Handlers["/api/v1/updates/hosts/"] = rest
+	return stop, nil
+}
