@@ -141,6 +141,9 @@ func newSite(t *testing.T, extraServeArgs ...string) *site {
 		t.Fatal(err)
 	}
 	s.pub = strings.TrimSpace(string(b))
+	if err := os.MkdirAll(s.repo, 0o755); err != nil {
+		t.Fatal(err)
+	}
 	args := append([]string{"serve", "--repo", s.repo, "--http", "127.0.0.1:0", "--nats-listen", "127.0.0.1:0", "--store", filepath.Join(s.dir, "nats")}, extraServeArgs...)
 	s.serve = start(t, "vdc-sim", args...)
 	s.url = s.serve.find(t, `update server listening on (http://127\.0\.0\.1:\d+)`)
@@ -346,16 +349,21 @@ func TestComponentUpdateOverREST(t *testing.T) {
 
 // TestBadConfigRefused: the agent refuses to start with a clear error naming the key.
 func TestBadConfigRefused(t *testing.T) {
-	dir := t.TempDir()
-	cfg := filepath.Join(dir, "agent.yaml")
-	writeFile(t, cfg, "nodeId: bad.node\nupdates: { serverUrl: \"http://127.0.0.1:1\", publicKeys: [\"AAAA\"] }\nbogus: 1\n", 0o644)
-	out, err := exec.Command(filepath.Join(binDir, "agent"), "--config", cfg).CombinedOutput()
-	if err == nil {
-		t.Fatalf("agent started with a bad config:\n%s", out)
+	tests := []struct{ yaml, want string }{
+		{"nodeId: a\nupdates: { serverUrl: \"http://127.0.0.1:1\", publicKeys: [\"AAAA\"] }\nbogus: 1\n", "bogus"},
+		{"nodeId: bad.node\nupdates: { serverUrl: \"http://127.0.0.1:1\", publicKeys: [\"AAAA\"] }\n", "nodeId"},
+		{"nodeId: a\nupdates: { serverUrl: \"http://127.0.0.1:1\", publicKeys: [\"AAAA\"] }\n", "publicKeys"},
+		{"nodeId: a\nupdates: { serverUrl: \"http://127.0.0.1:1\", publicKeys: [\"AAAA\"], checkInterval: soon }\n", "checkInterval"},
 	}
-	for _, want := range []string{"bogus", "nodeId"} {
-		if !strings.Contains(string(out), want) {
-			t.Errorf("error output does not name %q:\n%s", want, out)
+	for _, tt := range tests {
+		cfg := filepath.Join(t.TempDir(), "agent.yaml")
+		writeFile(t, cfg, tt.yaml, 0o644)
+		out, err := exec.Command(filepath.Join(binDir, "agent"), "--config", cfg).CombinedOutput()
+		if err == nil {
+			t.Fatalf("agent started with a bad config:\n%s", out)
+		}
+		if !strings.Contains(string(out), tt.want) {
+			t.Errorf("error output does not name %q:\n%s", tt.want, out)
 		}
 	}
 }
