@@ -126,8 +126,8 @@ func writeFile(t testing.TB, p, content string, mode os.FileMode) {
 
 // site is a release repository served by vdc-sim.
 type site struct {
-	dir, repo, key, pub, url string
-	serve                    *proc
+	dir, repo, key, pub, url, nats string
+	serve                          *proc
 }
 
 func newSite(t *testing.T, extraServeArgs ...string) *site {
@@ -147,6 +147,9 @@ func newSite(t *testing.T, extraServeArgs ...string) *site {
 	args := append([]string{"serve", "--repo", s.repo, "--http", "127.0.0.1:0", "--nats-listen", "127.0.0.1:0", "--store", filepath.Join(s.dir, "nats")}, extraServeArgs...)
 	s.serve = start(t, "vdc-sim", args...)
 	s.url = s.serve.find(t, `update server listening on (http://127\.0\.0\.1:\d+)`)
+	if !strings.Contains(strings.Join(extraServeArgs, " "), "--nats-url") {
+		s.nats = s.serve.find(t, `nats listening on (nats://127\.0\.0\.1:\d+)`)
+	}
 	return s
 }
 
@@ -373,4 +376,13 @@ func TestVersionCommand(t *testing.T) {
 	if !strings.HasPrefix(out, "agent ") {
 		t.Fatalf("agent version = %q", out)
 	}
+}
+
+func httpPost(url, body string) (int, error) {
+	resp, err := http.Post(url, "application/json", strings.NewReader(body))
+	if err != nil {
+		return 0, err
+	}
+	resp.Body.Close()
+	return resp.StatusCode, nil
 }
