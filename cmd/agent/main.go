@@ -18,6 +18,8 @@ import (
 	"syscall"
 
 	"github.com/lmittmann/tint"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/quantix-os/update-agent/internal/api"
 	"github.com/quantix-os/update-agent/internal/bus"
@@ -25,6 +27,8 @@ import (
 	"github.com/quantix-os/update-agent/internal/engine"
 	"github.com/quantix-os/update-agent/internal/fetch"
 	"github.com/quantix-os/update-agent/internal/maintenance"
+	"github.com/quantix-os/update-agent/internal/metrics"
+	"github.com/quantix-os/update-agent/internal/ui"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -177,7 +181,15 @@ func serve(ctx context.Context, cfg config.Options, log *slog.Logger) error {
 		if err != nil {
 			return fmt.Errorf("http listen: %w", err)
 		}
-		srv := api.New(eng, api.Options{Token: token, Hosts: cfg.HTTP.Hosts, Logger: log.With("component", "api")})
+		reg := prometheus.NewRegistry()
+		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+		m := metrics.New(eng, reg)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			m.Run(ctx)
+		}()
+		srv := api.New(eng, api.Options{Token: token, Hosts: cfg.HTTP.Hosts, Gatherer: reg, Page: ui.FS(), Logger: log.With("component", "api")})
 		scheme := "http"
 		if cfg.HTTP.TLSCert != "" {
 			scheme = "https"

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -94,6 +95,11 @@ type natsOptions struct {
 	store    string
 	url      string
 	replicas int
+
+	// The maintenance coordinator's simulated VMs.
+	vmsPerNode     int
+	drainInterval  time.Duration
+	maxUnavailable int
 }
 
 func addNATSFlags(fs *flag.FlagSet) *natsOptions {
@@ -102,27 +108,40 @@ func addNATSFlags(fs *flag.FlagSet) *natsOptions {
 	fs.StringVar(&n.store, "store", "", "JetStream store `DIR` of the embedded server (default: a temp dir removed at exit)")
 	fs.StringVar(&n.url, "nats-url", "", "use the NATS server at `URL` instead of embedding one")
 	fs.IntVar(&n.replicas, "replicas", 1, "replicas of the event stream and node bucket (a clustered server)")
+	fs.IntVar(&n.vmsPerNode, "vms-per-node", 3, "simulated VMs the maintenance coordinator drains from a node before it may reboot")
+	fs.DurationVar(&n.drainInterval, "drain-interval", time.Second, "time one simulated VM takes to migrate away")
+	fs.IntVar(&n.maxUnavailable, "max-unavailable", 1, "nodes allowed in maintenance at once; the others queue")
 	return n
 }
 
 // startBus brings up serve's vDC side: the embedded NATS server (unless
 // --nats-url), the QX_EVENTS stream and qx_nodes bucket, a log of every
-// event, and the hosts REST API added to o's handlers. stop undoes it, after
-// the HTTP server stopped.
+// event, the maintenance coordinator, and the hosts REST API added to o's
+// handlers. It logs "nats listening on URL" once all of it answers. stop
+// undoes it, after the HTTP server stopped.
 func startBus(ctx context.Context, e *env, n *natsOptions, o *serveOptions) (stop func(), err error) {
-	if n.replicas < 1 {
+	switch {
+	case n.replicas < 1:
 		return nil, fmt.Errorf("--replicas %d: want 1 or more", n.replicas)
+	case n.vmsPerNode < 0:
+		return nil, fmt.Errorf("--vms-per-node %d: want 0 or more", n.vmsPerNode)
+	case n.drainInterval <= 0:
+		return nil, fmt.Errorf("--drain-interval %s: want a positive duration", n.drainInterval)
+	case n.maxUnavailable < 1:
+		return nil, fmt.Errorf("--max-unavailable %d: want 1 or more", n.maxUnavailable)
 	}
 	log := e.log.With("component", "vdc")
 	var undo []func()
-	stop = func() {
+	undoAll := func() {
 		for i := len(undo) - 1; i >= 0; i-- {
 			undo[i]()
 		}
 	}
+	stop = undoAll
 	defer func() {
+		// A failed start returns a nil stop: undo here, with the local copy.
 		if err != nil {
-			stop()
+			undoAll()
 		}
 	}()
 
@@ -141,7 +160,13 @@ func startBus(ctx context.Context, e *env, n *natsOptions, o *serveOptions) (sto
 		}
 		undo = append(undo, func() { s.Shutdown(); s.WaitForShutdown() })
 		url = s.ClientURL()
-		e.log.Info("nats listening on "+url, "store", store)
+		// "nats listening" (and "using nats server") wait for the
+		// coordinator below: scripts take them to mean nodes can be served.
+		defer func() {
+			if err == nil {
+				e.log.Info("nats listening on "+url, "store", store)
+			}
+		}()
 	}
 
 	nc, err := nats.Connect(url, nats.Name("vdc-sim serve"), nats.MaxReconnects(-1))
@@ -150,7 +175,11 @@ func startBus(ctx context.Context, e *env, n *natsOptions, o *serveOptions) (sto
 	}
 	undo = append(undo, nc.Close)
 	if n.url != "" {
-		e.log.Info("using nats server " + n.url)
+		defer func() {
+			if err == nil {
+				e.log.Info("using nats server " + n.url)
+			}
+		}()
 	}
 	js, err := jetstream.New(nc)
 	if err != nil {
@@ -171,6 +200,22 @@ func startBus(ctx context.Context, e *env, n *natsOptions, o *serveOptions) (sto
 	wg.Go(func() { vdc.LogEvents(lctx, c, log) })
 	undo = append(undo, func() { stopLog(); wg.Wait() })
 
+	coord := vdc.NewCoordinator(nc, vdc.CoordinatorOptions{
+		VMsPerNode: n.vmsPerNode, DrainInterval: n.drainInterval, MaxUnavailable: n.maxUnavailable, Logger: e.log,
+	})
+	cctx, stopCoord := context.WithCancel(ctx)
+	coordDone := make(chan struct{})
+	var coordErr error
+	go func() {
+		defer close(coordDone)
+		coordErr = coord.Run(cctx)
+	}()
+	undo = append(undo, func() { stopCoord(); <-coordDone })
+	if err := awaitCoordinator(ctx, nc, coordDone, &coordErr); err != nil {
+		return nil, err
+	}
+	log.Info("maintenance coordinator running", "vmsPerNode", n.vmsPerNode, "drainInterval", n.drainInterval, "maxUnavailable", n.maxUnavailable)
+
 	rest := vdc.RESTHandler(c, log)
 	if o.Handlers == nil {
 		o.Handlers = map[string]http.Handler{}
@@ -179,4 +224,32 @@ func startBus(ctx context.Context, e *env, n *natsOptions, o *serveOptions) (sto
 	o.Handlers["/api/v1/updates/hosts"] = rest
 	o.Handlers["/api/v1/updates/hosts/"] = rest
 	return stop, nil
+}
+
+// awaitCoordinator returns once the maintenance coordinator answers on nc: a
+// status request for a node it does not know gets its "unknown maintenance"
+// reply and changes nothing. Run subscribes in its own goroutine, and only an
+// answer proves the server has its subscription.
+func awaitCoordinator(ctx context.Context, nc *nats.Conn, done <-chan struct{}, runErr *error) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	probe := subjects.VDCMaintenanceStatus("vdc-sim")
+	for {
+		rctx, rcancel := context.WithTimeout(ctx, time.Second)
+		_, err := nc.RequestWithContext(rctx, probe, []byte(`{}`))
+		rcancel()
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-done:
+			if *runErr != nil {
+				return *runErr
+			}
+			return errors.New("maintenance coordinator stopped at start")
+		case <-ctx.Done():
+			return fmt.Errorf("maintenance coordinator: not answering on %s: %w", probe, err)
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
 }

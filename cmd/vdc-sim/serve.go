@@ -15,7 +15,7 @@ import (
 
 func init() {
 	commands["serve"] = command{
-		synopsis: "--repo DIR [--http 127.0.0.1:9000]",
+		synopsis: "--repo DIR [--http 127.0.0.1:9000] [--vms-per-node N] [--drain-interval D] [--max-unavailable K]",
 		summary:  "serve a release repository as the Update Server",
 		run:      cmdServe,
 	}
