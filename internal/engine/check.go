@@ -117,6 +117,10 @@ func (e *Engine) fillReply(r *subjects.CheckReply, m *manifest.Manifest) {
 	}
 	if m.Image != nil {
 		r.FullImageAvailable = true
+		if e.opts.AB != nil {
+			// A full update downloads the image alone: it carries every component.
+			r.TotalDownloadSize = m.Image.Size
+		}
 	}
 }
 

@@ -90,10 +90,14 @@ func (c *Client) Acquire(ctx context.Context, req subjects.MaintenanceRequest, o
 	req.MaintenanceID = id
 	poll := time.NewTicker(c.Poll)
 	defer poll.Stop()
-	last := subjects.MaintenanceState("")
+	last, lastVMs := subjects.MaintenanceState(""), -1
 	for {
-		if ev.MaintenanceID == id && ev.State != last {
-			last = ev.State
+		vms := -1
+		if ev.VMsRemaining != nil {
+			vms = *ev.VMsRemaining
+		}
+		if ev.MaintenanceID == id && (ev.State != last || vms != lastVMs) {
+			last, lastVMs = ev.State, vms
 			switch ev.State {
 			case subjects.MaintenanceReady:
 				return ev, nil
