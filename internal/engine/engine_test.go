@@ -523,8 +523,7 @@ func TestUpdateServerDownOrSlow(t *testing.T) {
 }
 
 func TestHealthFailureRollsBack(t *testing.T) {
-	var h *harness
-	h = newHarness(t, func(o *Options) {
+	h := newHarness(t, func(o *Options) {
 		// Components install in manifest order (qx-console, qx-node): the
 		// second fails, so the first must be rolled back too.
 		c := o.Components["qx-node"]
