@@ -142,6 +142,7 @@ func serve(ctx context.Context, cfg config.Options, log *slog.Logger) error {
 		RCService: cfg.Services.RCService, RestartTimeout: cfg.Services.RestartTimeout.D(), Keys: keys, Fetcher: client,
 		ServerURL: cfg.Updates.ServerURL, Channel: cfg.Updates.Channel, AutoCheck: cfg.Updates.AutoCheck,
 		AutoApply: cfg.Updates.AutoApply, CheckInterval: cfg.Updates.CheckInterval.D(), AgentVersion: version, Logger: log, AB: ab,
+		Failpoint: failpointHook(log),
 	})
 	if err != nil {
 		return err
@@ -162,7 +163,7 @@ func serve(ctx context.Context, cfg config.Options, log *slog.Logger) error {
 			NodeID: cfg.NodeID, URL: cfg.NATS.URL, Creds: cfg.NATS.Creds, NkeySeed: cfg.NATS.NkeySeed,
 			User: cfg.NATS.User, Password: password, TLSCA: cfg.NATS.TLS.CA, TLSCert: cfg.NATS.TLS.Cert,
 			TLSKey: cfg.NATS.TLS.Key, TLSInsecure: cfg.NATS.TLS.InsecureSkipVerify, Name: cfg.NATS.Name,
-			AgentVersion: version, BootSlot: eng.BootSlot, Logger: log.With("component", "bus"),
+			AgentVersion: version, BootSlot: eng.BootSlot, OnReconnect: eng.WakeOutbox, Logger: log.With("component", "bus"),
 		})
 		if err != nil {
 			return err

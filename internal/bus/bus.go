@@ -19,6 +19,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -59,7 +60,10 @@ type Options struct {
 	Name         string        // connection name; default "qx-agent-{nodeId}"
 	AgentVersion string        // reported in NodeState
 	BootSlot     func() string // booted A/B slot, reported in events and NodeState; may be nil
-	Logger       *slog.Logger
+	// OnReconnect, when set, is called after every reconnect (the agent wakes
+	// its outbox so events kept during the outage go out at once).
+	OnReconnect func()
+	Logger      *slog.Logger
 }
 
 // Conn is the node's connection to the bus.
@@ -74,6 +78,12 @@ type Conn struct {
 	// connected is signalled on every (re)connect so Serve re-puts the
 	// NodeState the server may have missed.
 	connected chan struct{}
+
+	// lost is closed when the connection drops, and replaced: a publish in
+	// flight then stops waiting for an ack that cannot come on this
+	// connection, instead of holding every later event until its timeout.
+	lostMu sync.Mutex
+	lost   chan struct{}
 
 	heartbeat  time.Duration // NodeState refresh period
 	minGap     time.Duration // minimum time between NodeState puts
@@ -106,6 +116,7 @@ func Connect(ctx context.Context, o Options) (*Conn, error) {
 		log:        log,
 		now:        time.Now,
 		connected:  make(chan struct{}, 1),
+		lost:       make(chan struct{}),
 		heartbeat:  30 * time.Second,
 		minGap:     250 * time.Millisecond,
 		opTimeout:  5 * time.Second,
@@ -152,8 +163,12 @@ func (c *Conn) natsOptions() ([]nats.Option, error) {
 		nats.ReconnectHandler(func(nc *nats.Conn) {
 			c.log.Info("NATS reconnected", "server", nc.ConnectedUrlRedacted())
 			c.signalConnected()
+			if c.opts.OnReconnect != nil {
+				c.opts.OnReconnect()
+			}
 		}),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			c.markLost()
 			if err != nil {
 				c.log.Warn("NATS disconnected", "err", err)
 				return
@@ -230,6 +245,19 @@ func tlsConfig(o Options) (*tls.Config, error) {
 	return cfg, nil
 }
 
+func (c *Conn) markLost() {
+	c.lostMu.Lock()
+	close(c.lost)
+	c.lost = make(chan struct{})
+	c.lostMu.Unlock()
+}
+
+func (c *Conn) lostCh() <-chan struct{} {
+	c.lostMu.Lock()
+	defer c.lostMu.Unlock()
+	return c.lost
+}
+
 func (c *Conn) signalConnected() {
 	select {
 	case c.connected <- struct{}{}:
@@ -263,6 +291,7 @@ func (c *Conn) Publish(ctx context.Context, p journal.Pending) error {
 // jsPublish publishes m through JetStream and waits for the ack, failing at
 // once while disconnected.
 func (c *Conn) jsPublish(ctx context.Context, m *nats.Msg) (*jetstream.PubAck, error) {
+	lost := c.lostCh()
 	if !c.nc.IsConnected() {
 		return nil, ErrNotConnected
 	}
@@ -271,5 +300,18 @@ func (c *Conn) jsPublish(ctx context.Context, m *nats.Msg) (*jetstream.PubAck, e
 		ctx, cancel = context.WithTimeout(ctx, c.opTimeout)
 		defer cancel()
 	}
-	return c.js.PublishMsg(ctx, m)
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	go func() {
+		select {
+		case <-lost:
+			cancel(ErrNotConnected)
+		case <-ctx.Done():
+		}
+	}()
+	ack, err := c.js.PublishMsg(ctx, m)
+	if err != nil && context.Cause(ctx) == ErrNotConnected {
+		return nil, fmt.Errorf("connection lost before the ack: %w", ErrNotConnected)
+	}
+	return ack, err
 }

@@ -6,8 +6,8 @@ import (
 	"os"
 	"path/filepath"
 	"sync/atomic"
-	"time"
 	"testing"
+	"time"
 
 	"github.com/quantix-os/update-agent/internal/fetch"
 	"github.com/quantix-os/update-agent/internal/manifest"

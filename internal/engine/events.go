@@ -115,6 +115,9 @@ func (e *Engine) progressEvent(op, component string, status subjects.Status, don
 		BytesDone: &done, BytesTotal: &total, Progress: &pct})
 }
 
+// WakeOutbox makes the outbox try the bus again now (the bus reconnected).
+func (e *Engine) WakeOutbox() { e.wakeOutbox() }
+
 func (e *Engine) wakeOutbox() {
 	select {
 	case e.kick <- struct{}{}:
@@ -154,6 +157,7 @@ func (e *Engine) drainOutbox(ctx context.Context) {
 			case <-ctx.Done():
 				return
 			case <-time.After(backoff):
+			case <-e.kick: // a new event or a reconnect: try now
 			}
 			backoff = min(backoff*2, 5*time.Second)
 			continue
