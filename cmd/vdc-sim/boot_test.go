@@ -86,3 +86,10 @@ func TestBoot(t *testing.T) {
 		}
 	})
 }
+
+func TestRedactURLs(t *testing.T) {
+	got := redactURLs("nats://vdc:s3cret@127.0.0.1:4222,nats://127.0.0.1:4223")
+	if strings.Contains(got, "s3cret") || !strings.Contains(got, "127.0.0.1:4223") {
+		t.Fatalf("redactURLs = %q", got)
+	}
+}

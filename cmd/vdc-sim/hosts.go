@@ -7,8 +7,10 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"text/tabwriter"
 	"time"
@@ -177,7 +179,7 @@ func startBus(ctx context.Context, e *env, n *natsOptions, o *serveOptions) (sto
 	if n.url != "" {
 		defer func() {
 			if err == nil {
-				e.log.Info("using nats server " + n.url)
+				e.log.Info("using nats server " + redactURLs(n.url))
 			}
 		}()
 	}
@@ -252,4 +254,15 @@ func awaitCoordinator(ctx context.Context, nc *nats.Conn, done <-chan struct{}, 
 		case <-time.After(10 * time.Millisecond):
 		}
 	}
+}
+
+// redactURLs hides the passwords of a comma-separated list of NATS URLs, for logs.
+func redactURLs(list string) string {
+	parts := strings.Split(list, ",")
+	for i, p := range parts {
+		if u, err := url.Parse(strings.TrimSpace(p)); err == nil {
+			parts[i] = u.Redacted()
+		}
+	}
+	return strings.Join(parts, ",")
 }
