@@ -116,7 +116,10 @@ func (e *Engine) Apply(ctx context.Context, cmd subjects.ApplyCommand) (subjects
 			Name: mc.Name, Version: mc.Version, From: installed[mc.Name], Step: journal.StepPending, Dir: comp.Dir,
 			Staging:  filepath.Join(parent, "."+base+".qx-staging"),
 			Backup:   filepath.Join(parent, "."+base+".qx-backup"),
-			Download: filepath.Join(e.opts.StateDir, "downloads", m.Version, path.Base(mc.Artifact)),
+			// One directory per component: two artifacts may share a file
+			// name in different directories, and one download must not
+			// replace the other after its hash was checked.
+			Download: filepath.Join(e.opts.StateDir, "downloads", m.Version, mc.Name, path.Base(mc.Artifact)),
 		})
 	}
 	for _, oc := range op.Components {
@@ -134,6 +137,7 @@ func (e *Engine) Apply(ctx context.Context, cmd subjects.ApplyCommand) (subjects
 		return subjects.Ack{OperationID: cmd.OperationID, Reason: err.Error()}, fmt.Errorf("apply: %w", err)
 	}
 	e.log.Info("apply accepted", "op", op.ID, "version", op.Version, "components", len(op.Components))
+	e.opts.Failpoint("accepted")
 	e.startOp(op.ID)
 	return ack, nil
 }
@@ -320,7 +324,15 @@ func (e *Engine) finish(op *journal.Operation, err error) {
 	if err != nil {
 		entry.Error = err.Error()
 	}
-	uerr := e.store.Update(func(s *journal.State) error {
+	if op.Kind == subjects.UpdateTypeFull {
+		// Before the journal forgets the operation, and with it the window's
+		// id: released after, a crash in between would hold the host (and its
+		// VMs) in maintenance for good. A crash before the journal update
+		// resumes the operation, which releases again (vDC accepts that).
+		e.releaseMaintenance(op, string(ev.Type))
+	}
+	e.opts.Failpoint("finishing")
+	end := func(s *journal.State) error {
 		if err == nil {
 			for _, c := range op.Components {
 				s.Versions.Components[c.Name] = c.Version
@@ -340,23 +352,46 @@ func (e *Engine) finish(op *journal.Operation, err error) {
 		s.AddHistory(entry)
 		s.Op = nil
 		return nil
-	})
+	}
+	uerr := e.store.Update(end)
+	if uerr != nil {
+		// A full state dir fails the download and then this update: give
+		// back the downloads (a resumed operation fetches them again) and
+		// try once more, or the operation would stay in the journal,
+		// blocking every apply, with the disk still full.
+		e.log.Warn("journal finish failed; freeing the downloads and retrying", "op", op.ID, "err", uerr)
+		os.RemoveAll(filepath.Join(e.opts.StateDir, "downloads", op.Version))
+		uerr = e.store.Update(end)
+	}
 	if uerr != nil {
 		// Without the journal we cannot claim the outcome; the next start decides.
 		e.log.Error("journal finish", "op", op.ID, "err", uerr)
 		ev.Type, ev.Status, ev.Message = subjects.EventFailed, subjects.StatusError, "state dir: "+uerr.Error()
 	} else {
+		e.opts.Failpoint("finish-journaled")
 		if err := e.writeVersions(); err != nil {
 			e.log.Error("write versions file", "err", err)
 		}
+		e.opts.Failpoint("versions-written")
 		e.cleanup(op)
+		e.opts.Failpoint("cleaned-up")
 	}
 	e.clearRunning()
 	e.log.Info("operation finished", "op", op.ID, "result", ev.Type, "msg", ev.Message)
 	e.emit(ev)
-	if op.Kind == subjects.UpdateTypeFull {
-		e.releaseMaintenance(op, string(ev.Type))
+}
+
+// removeLeftovers removes what a crash between an operation's end in the
+// journal and its cleanup left behind: staging and backup trees beside the
+// install dirs (the backup is the old release, whole) and downloads. With no
+// operation in flight none of it is state.
+func (e *Engine) removeLeftovers() {
+	for _, c := range e.opts.Components {
+		parent, base := filepath.Split(filepath.Clean(c.Dir))
+		os.RemoveAll(filepath.Join(parent, "."+base+".qx-staging"))
+		os.RemoveAll(filepath.Join(parent, "."+base+".qx-backup"))
 	}
+	os.RemoveAll(filepath.Join(e.opts.StateDir, "downloads"))
 }
 
 // cleanup removes what an ended operation left: backups, staging, downloads.

@@ -1,8 +1,10 @@
 package engine
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/quantix-os/update-agent/internal/journal"
 	"github.com/quantix-os/update-agent/internal/manifest"
@@ -29,7 +31,7 @@ func (e *Engine) Check(ctx context.Context, req subjects.CheckRequest) (subjects
 	reply := subjects.CheckReply{NodeID: e.opts.NodeID, Channel: channel, CurrentVersion: e.CurrentVersion(), Components: []subjects.ComponentUpdate{}}
 	e.setIdleStatus(subjects.StatusChecking, "")
 	c, err := e.check(ctx, channel, req.SignedManifest, false)
-	e.store.Update(func(s *journal.State) error { s.LastCheck = e.now().UTC(); return nil })
+	e.recordCheck(len(req.SignedManifest) > 0)
 	if err != nil {
 		reply.Error = err.Error()
 		e.setIdleStatus(subjects.StatusError, err.Error())
@@ -44,6 +46,68 @@ func (e *Engine) Check(ctx context.Context, req subjects.CheckRequest) (subjects
 	return reply, nil
 }
 
+// checkTimeDelay is how long the time of a fleet check waits before it is
+// written, so that a burst of checks costs one journal write.
+const checkTimeDelay = time.Second
+
+// recordCheck records in the journal when a check ended. A check answered
+// from a manifest vDC sent (a fleet check) does not wait for the write: vDC
+// waits for the slowest of thousands of nodes, so no reply should wait on a
+// node's disk, and the time is bookkeeping for the last-check metric, not
+// state a crash must keep. checkTimeLoop writes it checkTimeDelay later, once
+// for all the checks of a burst (vDC polling the fleet, a UI re-checking),
+// which also keeps those from wearing the host's flash. A check that asked
+// the Update Server has waited on the network anyway, and an engine not (or
+// no longer) started has no loop: those write the time before answering.
+func (e *Engine) recordCheck(fleet bool) {
+	now := e.now().UTC()
+	e.mu.Lock()
+	running := e.ctx != nil && e.ctx.Err() == nil
+	if fleet && running {
+		e.checkAt = now
+		e.mu.Unlock()
+		select {
+		case e.checkKick <- struct{}{}:
+		default:
+		}
+		return
+	}
+	e.mu.Unlock()
+	e.store.Update(func(s *journal.State) error { s.LastCheck = now; return nil })
+}
+
+// checkTimeLoop writes the check times recordCheck left, until ctx ends. A
+// time still waiting then is dropped rather than written during shutdown.
+func (e *Engine) checkTimeLoop(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-e.checkKick:
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(checkTimeDelay):
+		}
+		e.mu.Lock()
+		t := e.checkAt
+		e.checkAt = time.Time{}
+		e.mu.Unlock()
+		if t.IsZero() {
+			continue
+		}
+		if err := e.store.Update(func(s *journal.State) error {
+			if t.After(s.LastCheck) {
+				s.LastCheck = t
+			}
+			return nil
+		}); err != nil {
+			e.log.Warn("journal check time", "err", err)
+		}
+	}
+}
+
 // check fetches (or takes) a signed manifest, verifies it against the keys
 // and the policy, records its serial and caches it.
 func (e *Engine) check(ctx context.Context, channel string, signed []byte, allowDowngrade bool) (*checked, error) {
@@ -56,8 +120,9 @@ func (e *Engine) check(ctx context.Context, channel string, signed []byte, allow
 		if err != nil {
 			return nil, fmt.Errorf("check channel %s: %w", channel, err)
 		}
+		e.opts.Failpoint("manifest-fetched")
 	}
-	m, _, err := manifest.Verify(signed, e.opts.Keys)
+	m, err := e.verify(channel, signed)
 	if err != nil {
 		return nil, fmt.Errorf("check channel %s: %w", channel, err)
 	}
@@ -80,12 +145,30 @@ func (e *Engine) check(ctx context.Context, channel string, signed []byte, allow
 		}); err != nil {
 			return nil, fmt.Errorf("check: %w", err)
 		}
+		e.opts.Failpoint("serial-recorded")
 	}
 	c := &checked{m: m, raw: signed}
 	e.mu.Lock()
 	e.checked[channel] = c
 	e.mu.Unlock()
 	return c, nil
+}
+
+// verify returns the manifest in the signed envelope. An envelope byte for
+// byte equal to the one last verified for the channel is not verified again:
+// the keys are fixed for the engine's life, so the answer would be the same,
+// and a fleet check sends every node the same envelope again and again (an
+// ed25519 verification and a strict decode cost more than the rest of the
+// check). The policy is still checked on every call, by the caller.
+func (e *Engine) verify(channel string, signed []byte) (*manifest.Manifest, error) {
+	e.mu.Lock()
+	c := e.checked[channel]
+	e.mu.Unlock()
+	if c != nil && bytes.Equal(c.raw, signed) {
+		return c.m, nil
+	}
+	m, _, err := manifest.Verify(signed, e.opts.Keys)
+	return m, err
 }
 
 // newer reports whether release version v is newer than the installed one.

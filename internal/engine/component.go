@@ -55,6 +55,7 @@ func (e *Engine) runComponents(ctx context.Context, op *journal.Operation, m *ma
 		base := done
 		err := e.opts.Fetcher.Download(ctx, mc.Artifact, c.Download, mc.Size, mc.SHA256, func(d, _ int64) {
 			e.progressEvent(op.ID, c.Name, subjects.StatusDownloading, base+d, total, false)
+			e.opts.Failpoint("download-progress")
 		})
 		if err != nil {
 			return e.stopped(ctx, fmt.Errorf("download %s: %w", c.Name, err))
@@ -78,9 +79,11 @@ func (e *Engine) runComponents(ctx context.Context, op *journal.Operation, m *ma
 			continue
 		}
 		mc, _ := findComponent(m, c.Name)
+		e.opts.Failpoint("staging")
 		if err := stage(ctx, c, mc); err != nil {
 			return e.stopped(ctx, err)
 		}
+		e.opts.Failpoint("extracted")
 		if err := e.setComponent(i, func(jc *journal.Component) { jc.Step = journal.StepStaged }); err != nil {
 			return err
 		}
@@ -181,6 +184,7 @@ func (e *Engine) installOne(i int, c *journal.Component) error {
 	if err := os.Rename(c.Staging, c.Dir); err != nil {
 		return fmt.Errorf("install %s: swap in: %w", c.Name, err)
 	}
+	e.opts.Failpoint("moved-in")
 	if err := journal.SyncDir(parent); err != nil {
 		return fmt.Errorf("install %s: %w", c.Name, err)
 	}
@@ -201,6 +205,7 @@ func (e *Engine) installOne(i int, c *journal.Component) error {
 			return fmt.Errorf("install %s: %w", c.Name, err)
 		}
 	}
+	e.opts.Failpoint("healthy")
 	if err := e.setComponent(i, func(jc *journal.Component) { jc.Step = journal.StepDone }); err != nil {
 		return err
 	}
@@ -244,12 +249,14 @@ func restoreOne(c journal.Component) error {
 // restarting the services that ran new code, and journals each.
 func (e *Engine) rollback(op *journal.Operation) {
 	e.setPhase(journal.PhaseRollingBack)
+	e.opts.Failpoint("rolling-back")
 	for i := len(op.Components) - 1; i >= 0; i-- {
 		c := op.Components[i]
 		if err := restoreOne(c); err != nil {
 			e.log.Error("rollback", "component", c.Name, "err", err)
 			continue
 		}
+		e.opts.Failpoint("restored")
 		ranNew := c.Step == journal.StepSwapped || c.Step == journal.StepDone
 		if c.Step == journal.StepPending || c.Step == journal.StepDownloaded {
 			continue
@@ -274,7 +281,11 @@ func (e *Engine) rollback(op *journal.Operation) {
 // left to be finished forward.
 func (e *Engine) recover() error {
 	op := e.op()
-	if op == nil || op.Kind != subjects.UpdateTypeComponent {
+	if op == nil {
+		e.removeLeftovers()
+		return e.writeVersions()
+	}
+	if op.Kind != subjects.UpdateTypeComponent {
 		return e.writeVersions()
 	}
 	allDone := len(op.Components) > 0

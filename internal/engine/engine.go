@@ -102,7 +102,11 @@ type Engine struct {
 
 	kick     chan struct{} // wakes the outbox drainer
 	settings chan struct{} // wakes the auto-check loop
-	wg       sync.WaitGroup
+	// checkAt is the end of a check answered before its time reached the
+	// journal; checkKick wakes the loop that writes it (see recordCheck).
+	checkAt   time.Time
+	checkKick chan struct{}
+	wg        sync.WaitGroup
 }
 
 type running struct {
@@ -157,8 +161,9 @@ func New(opts Options) (*Engine, error) {
 		checked:  map[string]*checked{},
 		subs:     map[chan subjects.UpdateEvent]struct{}{},
 		started:  make(chan struct{}),
-		kick:     make(chan struct{}, 1),
-		settings: make(chan struct{}, 1),
+		kick:      make(chan struct{}, 1),
+		settings:  make(chan struct{}, 1),
+		checkKick: make(chan struct{}, 1),
 	}
 	if err := e.importVersions(); err != nil {
 		return nil, err
@@ -188,10 +193,14 @@ func (e *Engine) Start(ctx context.Context) {
 	e.mu.Unlock()
 	close(e.started)
 	e.resume()
-	e.wg.Add(1)
+	e.wg.Add(2)
 	go func() {
 		defer e.wg.Done()
 		e.autoCheckLoop(ctx)
+	}()
+	go func() {
+		defer e.wg.Done()
+		e.checkTimeLoop(ctx)
 	}()
 	if e.publisher != nil {
 		e.wg.Add(1)

@@ -80,6 +80,7 @@ func (e *Engine) runFull(ctx context.Context, op *journal.Operation, m *manifest
 		}
 		err := e.opts.Fetcher.Download(ctx, img.Artifact, dl, img.Size, img.SHA256, func(d, t int64) {
 			e.progressEvent(op.ID, "image", subjects.StatusDownloading, d, t, false)
+			e.opts.Failpoint("image-download-progress")
 		})
 		if err != nil {
 			return e.stopped(ctx, fmt.Errorf("download image: %w", err))
@@ -94,13 +95,22 @@ func (e *Engine) runFull(ctx context.Context, op *journal.Operation, m *manifest
 
 	// The download is verified before the VMs are drained, so they move only
 	// for an update that can proceed, and stay away only for the write.
+	e.opts.Failpoint("maintenance-acquiring")
 	if err := e.acquireMaintenance(ctx, op); err != nil {
 		return err
 	}
+	e.opts.Failpoint("maintenance-acquired")
 
 	booted, err := abslot.BootedSlot(ab.Cmdline)
 	if err != nil {
 		return fmt.Errorf("booted slot: %w", err)
+	}
+	if op.TargetSlot != "" && booted == op.TargetSlot {
+		// The host went down after the trial was armed but before the journal
+		// said so, and booted the trial: the image is written and verified.
+		// Decide the trial; writing "the other slot" now would overwrite the
+		// committed fallback.
+		return e.afterBoot(ctx, op)
 	}
 	target, err := abslot.Other(booted)
 	if err != nil {
@@ -149,6 +159,7 @@ func (e *Engine) runFull(ctx context.Context, op *journal.Operation, m *manifest
 	if err != nil {
 		return fmt.Errorf("arm trial boot: %w", err)
 	}
+	e.opts.Failpoint("grubenv-armed")
 	if err := e.setPhase(journal.PhaseRebooting); err != nil {
 		return err
 	}
@@ -268,6 +279,7 @@ func (e *Engine) afterBoot(ctx context.Context, op *journal.Operation) error {
 	n, _ := strconv.Atoi(tries)
 	switch {
 	case booted == op.TargetSlot:
+		e.opts.Failpoint("trial-booted")
 		if len(ab.HealthCommand) > 0 {
 			if err := e.health("system", Component{Health: ab.HealthCommand}); err != nil {
 				e.disarm()
@@ -275,6 +287,7 @@ func (e *Engine) afterBoot(ctx context.Context, op *journal.Operation) error {
 				return errRolledBack{fmt.Errorf("slot %s booted but is unhealthy: %w", booted, err)}
 			}
 		}
+		e.opts.Failpoint("trial-healthy")
 		err := grubenv.Update(ab.GrubEnv, func(env *grubenv.Env) error {
 			env.Set(EnvSlot, booted)
 			env.Unset(EnvTrySlot)
