@@ -36,5 +36,9 @@ bench: build
 fuzz:
 	FUZZTIME=$(FUZZTIME) GO=$(GO) ./scripts/fuzz.sh
 
+# The long versions: every crash point several times, status load at 1,000 req/s for 30 s.
+soak:
+	QX_SOAK=1 $(GO) test -race -count=1 -timeout 30m -run 'TestCrash|TestLoad|TestHostile' ./cmd/agent ./internal/hostile
+
 clean:
 	rm -rf bin

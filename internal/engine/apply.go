@@ -114,8 +114,8 @@ func (e *Engine) Apply(ctx context.Context, cmd subjects.ApplyCommand) (subjects
 		parent, base := filepath.Split(filepath.Clean(comp.Dir))
 		op.Components = append(op.Components, journal.Component{
 			Name: mc.Name, Version: mc.Version, From: installed[mc.Name], Step: journal.StepPending, Dir: comp.Dir,
-			Staging:  filepath.Join(parent, "."+base+".qx-staging"),
-			Backup:   filepath.Join(parent, "."+base+".qx-backup"),
+			Staging: filepath.Join(parent, "."+base+".qx-staging"),
+			Backup:  filepath.Join(parent, "."+base+".qx-backup"),
 			// One directory per component: two artifacts may share a file
 			// name in different directories, and one download must not
 			// replace the other after its hash was checked.

@@ -16,6 +16,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -106,6 +107,10 @@ type Engine struct {
 	// journal; checkKick wakes the loop that writes it (see recordCheck).
 	checkAt   time.Time
 	checkKick chan struct{}
+	// delivered is the highest event seq the bus acknowledged in this run.
+	// Outbox entries up to it are delivered but may still be in the journal
+	// (see drainOutbox).
+	delivered atomic.Uint64
 	wg        sync.WaitGroup
 }
 

@@ -20,6 +20,7 @@ func (e *Engine) emit(ev subjects.UpdateEvent) {
 	err := e.store.Update(func(s *journal.State) error {
 		s.Seq++
 		ev.Seq = s.Seq
+		e.trimDelivered(s)
 		if e.publisher != nil {
 			b, err := json.Marshal(ev)
 			if err != nil {
@@ -64,6 +65,7 @@ func (e *Engine) EmitAgent(bootSlot string) subjects.AgentEvent {
 	err := e.store.Update(func(s *journal.State) error {
 		s.Seq++
 		ev.Seq = s.Seq
+		e.trimDelivered(s)
 		if e.publisher != nil {
 			b, err := json.Marshal(ev)
 			if err != nil {
@@ -125,25 +127,42 @@ func (e *Engine) wakeOutbox() {
 	}
 }
 
-// drainOutbox publishes journaled events in seq order, removing each once the
-// bus acked it. On failure it waits and retries the same event, so order holds.
+// outboxTrimDelay is how long delivered events may stay in the journal
+// before drainOutbox removes them with a write of its own.
+const outboxTrimDelay = time.Second
+
+// drainOutbox publishes journaled events in seq order. On failure it waits
+// and retries the same event, so order holds.
+//
+// A delivered event leaves the journal with the next write the engine makes
+// anyway (the next event's, see trimDelivered), or after outboxTrimDelay
+// without one, or when the engine stops: one journal write per event rather
+// than two. Each write is a file sync, and at the rate of progress events
+// the second sync doubled the load on the disk and the latency of the
+// events behind it. An event delivered but still journaled when the agent
+// dies is sent again after the restart; the stream drops it as a duplicate
+// of its Nats-Msg-Id (subjects.MsgIDHeader), as it did before when the
+// agent died between the ack and the write.
 func (e *Engine) drainOutbox(ctx context.Context) {
 	backoff := 100 * time.Millisecond
 	for {
 		var next *journal.Pending
+		untrimmed := false
+		delivered := e.delivered.Load()
 		e.store.View(func(s *journal.State) {
-			if len(s.Outbox) > 0 {
-				p := s.Outbox[0]
-				next = &p
+			for _, p := range s.Outbox {
+				if p.Seq > delivered {
+					next = &p
+					return
+				}
+				untrimmed = true
 			}
 		})
 		if next == nil {
-			select {
-			case <-ctx.Done():
+			if !e.idleOutbox(ctx, untrimmed) {
 				return
-			case <-e.kick:
-				continue
 			}
+			continue
 		}
 		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		err := e.publisher.Publish(pctx, *next)
@@ -163,21 +182,60 @@ func (e *Engine) drainOutbox(ctx context.Context) {
 			continue
 		}
 		backoff = 100 * time.Millisecond
-		seq := next.Seq
-		if err := e.store.Update(func(s *journal.State) error {
-			if len(s.Outbox) > 0 && s.Outbox[0].Seq == seq {
-				s.Outbox = s.Outbox[1:]
-			}
-			return nil
-		}); err != nil {
-			e.log.Error("journal outbox", "err", err)
+		e.delivered.Store(next.Seq)
+	}
+}
+
+// idleOutbox waits for a new event with nothing to publish, removing the
+// delivered events from the journal after outboxTrimDelay or when ctx ends
+// (a clean stop, before a reboot say, leaves nothing to send again). It
+// reports false when ctx ended.
+func (e *Engine) idleOutbox(ctx context.Context, untrimmed bool) bool {
+	var trim <-chan time.Time
+	if untrimmed {
+		t := time.NewTimer(outboxTrimDelay)
+		defer t.Stop()
+		trim = t.C
+	}
+	select {
+	case <-ctx.Done():
+		if untrimmed {
+			e.trimOutbox()
 		}
+		return false
+	case <-e.kick:
+	case <-trim:
+		e.trimOutbox()
+	}
+	return true
+}
+
+// trimDelivered drops the delivered events at the head of the outbox.
+func (e *Engine) trimDelivered(s *journal.State) {
+	d := e.delivered.Load()
+	i := 0
+	for i < len(s.Outbox) && s.Outbox[i].Seq <= d {
+		i++
+	}
+	s.Outbox = s.Outbox[i:]
+}
+
+func (e *Engine) trimOutbox() {
+	if err := e.store.Update(func(s *journal.State) error { e.trimDelivered(s); return nil }); err != nil {
+		e.log.Error("journal outbox", "err", err)
 	}
 }
 
 // Outbox is how many events wait for the bus.
 func (e *Engine) Outbox() int {
 	var n int
-	e.store.View(func(s *journal.State) { n = len(s.Outbox) })
+	d := e.delivered.Load()
+	e.store.View(func(s *journal.State) {
+		for _, p := range s.Outbox {
+			if p.Seq > d {
+				n++
+			}
+		}
+	})
 	return n
 }
