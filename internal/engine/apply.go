@@ -324,15 +324,13 @@ func (e *Engine) finish(op *journal.Operation, err error) {
 	if err != nil {
 		entry.Error = err.Error()
 	}
-	if op.Kind == subjects.UpdateTypeFull {
-		// Before the journal forgets the operation, and with it the window's
-		// id: released after, a crash in between would hold the host (and its
-		// VMs) in maintenance for good. A crash before the journal update
-		// resumes the operation, which releases again (vDC accepts that).
-		e.releaseMaintenance(op, string(ev.Type))
-	}
 	e.opts.Failpoint("finishing")
 	end := func(s *journal.State) error {
+		if op.Kind == subjects.UpdateTypeFull && op.MaintenanceID != "" && e.maint != nil {
+			// The window is handed back after the terminal event (DESIGN
+			// section 6); journaled with the end, so a crash cannot lose it.
+			s.Releases = append(s.Releases, subjects.MaintenanceRelease{MaintenanceID: op.MaintenanceID, NodeID: e.opts.NodeID, Outcome: string(ev.Type)})
+		}
 		if err == nil {
 			for _, c := range op.Components {
 				s.Versions.Components[c.Name] = c.Version
@@ -379,6 +377,29 @@ func (e *Engine) finish(op *journal.Operation, err error) {
 	e.clearRunning()
 	e.log.Info("operation finished", "op", op.ID, "result", ev.Type, "msg", ev.Message)
 	e.emit(ev)
+	if uerr != nil && op.Kind == subjects.UpdateTypeFull {
+		// Not journaled: hand the window back now rather than never.
+		e.releaseMaintenance(op, string(ev.Type))
+	}
+	e.flushReleases()
+}
+
+// flushReleases hands back to vDC every maintenance window the journal holds,
+// removing each once vDC acked it.
+func (e *Engine) flushReleases() {
+	var pending []subjects.MaintenanceRelease
+	e.store.View(func(s *journal.State) { pending = append(pending, s.Releases...) })
+	for _, rel := range pending {
+		if !e.releaseMaintenance(&journal.Operation{MaintenanceID: rel.MaintenanceID}, rel.Outcome) {
+			continue // kept: the next start tries again
+		}
+		if err := e.store.Update(func(s *journal.State) error {
+			s.Releases = slices.DeleteFunc(s.Releases, func(r subjects.MaintenanceRelease) bool { return r.MaintenanceID == rel.MaintenanceID })
+			return nil
+		}); err != nil {
+			e.log.Error("journal release", "err", err)
+		}
+	}
 }
 
 // removeLeftovers removes what a crash between an operation's end in the

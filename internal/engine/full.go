@@ -227,25 +227,33 @@ func (e *Engine) acquireMaintenance(ctx context.Context, op *journal.Operation) 
 }
 
 // releaseMaintenance tells vDC the host is done, retrying a while: VMs wait on it.
-func (e *Engine) releaseMaintenance(op *journal.Operation, outcome string) {
+// It reports whether vDC acked; it gives up after a minute or at shutdown.
+func (e *Engine) releaseMaintenance(op *journal.Operation, outcome string) bool {
 	if e.maint == nil || op.MaintenanceID == "" {
-		return
+		return true
+	}
+	root := e.ctx
+	if root == nil {
+		root = context.Background()
 	}
 	rel := subjects.MaintenanceRelease{MaintenanceID: op.MaintenanceID, NodeID: e.opts.NodeID, Outcome: outcome}
 	deadline := time.Now().Add(time.Minute)
 	for {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		ctx, cancel := context.WithTimeout(root, 5*time.Second)
 		err := e.maint.Release(ctx, rel)
 		cancel()
 		if err == nil {
 			e.log.Info("maintenance released", "maintenance", op.MaintenanceID, "outcome", outcome)
-			return
+			return true
 		}
-		if time.Now().After(deadline) {
+		if time.Now().After(deadline) || root.Err() != nil {
 			e.log.Error("release maintenance", "maintenance", op.MaintenanceID, "err", err)
-			return
+			return false
 		}
-		time.Sleep(500 * time.Millisecond)
+		select {
+		case <-root.Done():
+		case <-time.After(500 * time.Millisecond):
+		}
 	}
 }
 

@@ -141,6 +141,10 @@ type State struct {
 	Dropped        uint64            `json:"dropped,omitempty"` // events dropped when the outbox was full
 	Settings       Settings          `json:"settings"`
 	BootSlot       string            `json:"bootSlot,omitempty"`
+	// Releases are maintenance windows to hand back to vDC: written with the
+	// end of their operation, removed once vDC acked, so a crash in between
+	// cannot hold a host's VMs away for good.
+	Releases []subjects.MaintenanceRelease `json:"releases,omitempty"`
 	LastCheck      time.Time         `json:"lastCheck,omitzero"`
 }
 
