@@ -198,6 +198,16 @@ func (e *Engine) Start(ctx context.Context) {
 	e.mu.Unlock()
 	close(e.started)
 	e.resume()
+	var releases int
+	e.store.View(func(s *journal.State) { releases = len(s.Releases) })
+	if releases > 0 {
+		// Windows a crash kept from vDC: hand them back.
+		e.wg.Add(1)
+		go func() {
+			defer e.wg.Done()
+			e.flushReleases()
+		}()
+	}
 	e.wg.Add(2)
 	go func() {
 		defer e.wg.Done()
