@@ -159,13 +159,13 @@ func New(opts Options) (*Engine, error) {
 		return nil, err
 	}
 	e := &Engine{
-		opts:     opts,
-		log:      opts.Logger.With("component", "engine"),
-		store:    st,
-		now:      opts.Now,
-		checked:  map[string]*checked{},
-		subs:     map[chan subjects.UpdateEvent]struct{}{},
-		started:  make(chan struct{}),
+		opts:      opts,
+		log:       opts.Logger.With("component", "engine"),
+		store:     st,
+		now:       opts.Now,
+		checked:   map[string]*checked{},
+		subs:      map[chan subjects.UpdateEvent]struct{}{},
+		started:   make(chan struct{}),
 		kick:      make(chan struct{}, 1),
 		settings:  make(chan struct{}, 1),
 		checkKick: make(chan struct{}, 1),
