@@ -144,8 +144,8 @@ type State struct {
 	// Releases are maintenance windows to hand back to vDC: written with the
 	// end of their operation, removed once vDC acked, so a crash in between
 	// cannot hold a host's VMs away for good.
-	Releases []subjects.MaintenanceRelease `json:"releases,omitempty"`
-	LastCheck      time.Time         `json:"lastCheck,omitzero"`
+	Releases  []subjects.MaintenanceRelease `json:"releases,omitempty"`
+	LastCheck time.Time                     `json:"lastCheck,omitzero"`
 }
 
 // Ack is a remembered answer to a command, for idempotency.
