@@ -173,6 +173,13 @@ type host struct {
 
 func newHost(t *testing.T, s *site, node, natsURL string) *host {
 	t.Helper()
+	return newHostWith(t, s, node, fmt.Sprintf("{ url: %q }", natsURL))
+}
+
+// newHostWith is newHost with the agent config's whole nats: value as YAML
+// (for users, passwords and server lists).
+func newHostWith(t *testing.T, s *site, node, natsYAML string) *host {
+	t.Helper()
 	h := &host{dir: t.TempDir(), token: "s3cret-token"}
 	h.root = filepath.Join(h.dir, "root")
 	writeFile(t, filepath.Join(h.root, "etc/quantix/versions.json"), `{"os":"0.0.5","components":{"qx-node":"0.0.5","qx-console":"0.0.5"}}`, 0o644)
@@ -185,7 +192,7 @@ func newHost(t *testing.T, s *site, node, natsURL string) *host {
 	writeFile(t, filepath.Join(h.dir, "token"), h.token+"\n", 0o600)
 	h.cfg = filepath.Join(h.dir, "agent.yaml")
 	writeFile(t, h.cfg, fmt.Sprintf(`nodeId: %s
-nats: { url: %q }
+nats: %s
 updates: { serverUrl: %q, channel: dev, publicKeys: [%q] }
 paths: { root: %q }
 components:
@@ -194,7 +201,7 @@ components:
 services: { rcService: %q }
 http: { listen: "127.0.0.1:0", tokenFile: %q }
 log: { format: json, level: debug }
-`, node, natsURL, s.url, s.pub, h.root, filepath.Join(h.dir, "rc-service"), filepath.Join(h.dir, "token")), 0o644)
+`, node, natsYAML, s.url, s.pub, h.root, filepath.Join(h.dir, "rc-service"), filepath.Join(h.dir, "token")), 0o644)
 	h.start(t)
 	return h
 }

@@ -140,7 +140,7 @@ func TestClusterFailover(t *testing.T) {
 	pwFile := filepath.Join(t.TempDir(), "node-1.password")
 	writeFile(t, pwFile, userPassword(t, opts, "node-1")+"\n", 0o600)
 	natsYAML := fmt.Sprintf(`{ url: %q, user: node-1, passwordFile: %q }`, clusterURLs(servers, nil), pwFile)
-	h := newHostNATS(t, s.withServer(slowUpdateServer(t, s.url)), "node-1", natsYAML)
+	h := newHostWith(t, s.withServer(slowUpdateServer(t, s.url)), "node-1", natsYAML)
 	defer stopProcs(h.agent, s.serve)
 	before := waitAgentOn(t, "node-1", servers...)
 	var victim *server.Server
@@ -626,36 +626,6 @@ func stopProcs(ps ...*proc) {
 			<-p.done
 		}
 	}
-}
-
-// newHostNATS is newHost with the agent's whole nats section given as a
-// YAML flow mapping, for credentials and server lists.
-func newHostNATS(t *testing.T, s *site, node, natsYAML string) *host {
-	t.Helper()
-	h := &host{dir: t.TempDir(), token: "s3cret-token"}
-	h.root = filepath.Join(h.dir, "root")
-	writeFile(t, filepath.Join(h.root, "etc/quantix/versions.json"), `{"os":"0.0.5","components":{"qx-node":"0.0.5","qx-console":"0.0.5"}}`, 0o644)
-	for _, c := range []string{"qx-node", "qx-console"} {
-		writeFile(t, filepath.Join(h.root, "opt/quantix", c, "bin", c), c+" 0.0.5\n", 0o755)
-		writeFile(t, filepath.Join(h.root, "opt/quantix", c, "VERSION"), "0.0.5\n", 0o644)
-	}
-	h.rcLog = filepath.Join(h.dir, "rc.log")
-	writeFile(t, filepath.Join(h.dir, "rc-service"), "#!/bin/sh\necho \"$*\" >>"+h.rcLog+"\n", 0o755)
-	writeFile(t, filepath.Join(h.dir, "token"), h.token+"\n", 0o600)
-	h.cfg = filepath.Join(h.dir, "agent.yaml")
-	writeFile(t, h.cfg, fmt.Sprintf(`nodeId: %s
-nats: %s
-updates: { serverUrl: %q, channel: dev, publicKeys: [%q] }
-paths: { root: %q }
-components:
-  qx-node: { dir: opt/quantix/qx-node, service: qx-node }
-  qx-console: { dir: opt/quantix/qx-console, service: qx-console }
-services: { rcService: %q }
-http: { listen: "127.0.0.1:0", tokenFile: %q }
-log: { format: json, level: debug }
-`, node, natsYAML, s.url, s.pub, h.root, filepath.Join(h.dir, "rc-service"), filepath.Join(h.dir, "token")), 0o644)
-	h.start(t)
-	return h
 }
 
 // startCluster runs deploy/nats/cluster's n1..n3 configs (with ../auth.conf)
