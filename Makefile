@@ -29,8 +29,9 @@ lint: vet staticcheck
 demo: build
 	./scripts/demo.sh
 
+# One line per figure (value, baseline, ratio, target, PASS/FAIL); exits 1 on a FAIL. See docs/performance.md.
 bench: build
-	$(GO) test -run '^$$' -bench . -benchtime 1x ./...
+	$(GO) run ./cmd/qx-bench --agent bin/agent
 
 # Each fuzz target for FUZZTIME; what the fuzzer finds lands in the package's testdata/fuzz.
 fuzz:

@@ -48,9 +48,6 @@ type capReader struct {
 	n   int64
 	max int64
 	err error
-	// zeros is how many zero bytes end what has been read so far; Extract
-	// uses it to tell a tar end-of-archive marker from a truncated stream.
-	zeros int64
 }
 
 func (c *capReader) Read(p []byte) (int, error) {
@@ -69,15 +66,6 @@ func (c *capReader) Read(p []byte) (int, error) {
 		c.n = c.max
 		c.err = fmt.Errorf("decompressed stream %w of %d bytes", ErrTooLarge, c.max)
 		return n, c.err
-	}
-	i := n - 1
-	for i >= 0 && p[i] == 0 {
-		i--
-	}
-	if i < 0 {
-		c.zeros += int64(n)
-	} else {
-		c.zeros = int64(n - 1 - i)
 	}
 	if err != nil && err != io.EOF {
 		c.err = fmt.Errorf("%w: zstd: %w", ErrCorrupt, err)
@@ -118,7 +106,8 @@ type Stats struct {
 // them); PAX global headers are skipped. Files and directories get the entry's
 // permission bits and mtime. Before returning successfully Extract syncs dst's
 // filesystem, so the tree is durable before the caller swaps it into place.
-// On error the caller removes dst.
+// On error the caller removes dst. Decompression runs in a goroutine of its
+// own, up to 1 MiB ahead of the writes (see readAhead).
 func Extract(ctx context.Context, r io.Reader, dst string, maxRaw int64) (Stats, error) {
 	return extract(ctx, r, dst, maxRaw, limits{maxEntries: MaxEntries})
 }
@@ -183,10 +172,13 @@ func extract(ctx context.Context, r io.Reader, dst string, maxRaw int64, lim lim
 		return Stats{}, err
 	}
 	defer zr.Close()
+	// Decompress in a goroutine of its own, ahead of the files' writes.
+	ahead := newReadAhead(zr)
+	defer ahead.Close()
 	x := &extractor{
 		ctx:  ctx,
 		root: root,
-		tr:   tar.NewReader(zr),
+		tr:   tar.NewReader(ahead),
 		max:  maxRaw,
 		seen: make(map[string]kind),
 		buf:  make([]byte, 256<<10),
@@ -201,7 +193,7 @@ func extract(ctx context.Context, r io.Reader, dst string, maxRaw int64, lim lim
 			// archive/tar also reports a clean EOF when the stream simply
 			// stops between entries; only the two zero blocks that end an
 			// archive mean nothing was cut off.
-			if zr.(*capReader).zeros < 2*512 {
+			if ahead.zeros < 2*512 {
 				if n == 0 {
 					return x.stats, fmt.Errorf("archive: %w: empty stream, no end-of-archive marker", ErrCorrupt)
 				}
@@ -225,7 +217,7 @@ func extract(ctx context.Context, r io.Reader, dst string, maxRaw int64, lim lim
 	}
 	// Read to the end of the zstd stream: trailing data past the cap is
 	// refused, and the frame checksum is only verified at the end.
-	if _, err := io.CopyBuffer(io.Discard, zr, x.buf); err != nil {
+	if _, err := io.CopyBuffer(io.Discard, ahead, x.buf); err != nil {
 		return x.stats, fmt.Errorf("archive: after last entry %q: %w", last, readErr(err))
 	}
 	if err := x.finishDirs(); err != nil {
