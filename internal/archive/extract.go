@@ -107,7 +107,8 @@ type Stats struct {
 // permission bits and mtime. Before returning successfully Extract syncs dst's
 // filesystem, so the tree is durable before the caller swaps it into place.
 // On error the caller removes dst. Decompression runs in a goroutine of its
-// own, up to 1 MiB ahead of the writes (see readAhead).
+// own, up to 1 MiB ahead of the writes (see readAhead), and two more create
+// the small files (see writers).
 func Extract(ctx context.Context, r io.Reader, dst string, maxRaw int64) (Stats, error) {
 	return extract(ctx, r, dst, maxRaw, limits{maxEntries: MaxEntries})
 }
@@ -144,6 +145,7 @@ type extractor struct {
 	dirs  []dirMeta
 	stats Stats
 	buf   []byte
+	w     *writers // small files, in the background
 }
 
 func extract(ctx context.Context, r io.Reader, dst string, maxRaw int64, lim limits) (Stats, error) {
@@ -183,10 +185,15 @@ func extract(ctx context.Context, r io.Reader, dst string, maxRaw int64, lim lim
 		seen: make(map[string]kind),
 		buf:  make([]byte, 256<<10),
 	}
+	x.w = startWriters(x)
+	defer x.w.wait()
 	last := ""
 	for n := 0; ; n++ {
 		if err := ctx.Err(); err != nil {
 			return x.stats, fmt.Errorf("archive: extract: %w", err)
+		}
+		if err := x.w.failed(); err != nil {
+			return x.stats, err
 		}
 		hdr, err := x.tr.Next()
 		if err == io.EOF {
@@ -219,6 +226,12 @@ func extract(ctx context.Context, r io.Reader, dst string, maxRaw int64, lim lim
 	// refused, and the frame checksum is only verified at the end.
 	if _, err := io.CopyBuffer(io.Discard, ahead, x.buf); err != nil {
 		return x.stats, fmt.Errorf("archive: after last entry %q: %w", last, readErr(err))
+	}
+	if err := x.w.wait(); err != nil {
+		return x.stats, err
+	}
+	if err := ctx.Err(); err != nil {
+		return x.stats, fmt.Errorf("archive: extract: %w", err)
 	}
 	if err := x.finishDirs(); err != nil {
 		return x.stats, err
@@ -378,6 +391,18 @@ func (x *extractor) file(name string, hdr *tar.Header, perm os.FileMode) error {
 	if hdr.Size > x.max-x.stats.Bytes {
 		return fmt.Errorf("declared size %d with %d bytes already written: %w of %d bytes",
 			hdr.Size, x.stats.Bytes, ErrTooLarge, x.max)
+	}
+	if hdr.Size <= smallFile {
+		data := x.w.buffer(hdr.Size)
+		if _, err := io.ReadFull(x.tr, data); err != nil {
+			x.w.pool <- data[:0]
+			return readErr(err)
+		}
+		x.seen[name] = kindFile
+		x.stats.Files++
+		x.stats.Bytes += hdr.Size
+		x.w.put(fileJob{name: name, perm: perm, mtime: hdr.ModTime, data: data})
+		return nil
 	}
 	// O_EXCL: never open something that is already there (nor follow a
 	// symlink in its place).
