@@ -19,7 +19,6 @@
 package bench
 
 import (
-	"cmp"
 	"fmt"
 	"math"
 	"slices"
@@ -123,15 +122,18 @@ func failed(id, name, unit string, t Target, err error) Result {
 	return Result{ID: id, Name: name, Unit: unit, Value: math.NaN(), Baseline: math.NaN(), Target: t, Err: err}
 }
 
-// median of xs (the lower middle one of an even count); zero for none.
-func median[T cmp.Ordered](xs []T) T {
-	var zero T
+// median of xs (the mean of the middle two of an even count); zero for none.
+func median[T ~int | ~int64](xs []T) T {
 	if len(xs) == 0 {
-		return zero
+		return 0
 	}
 	s := slices.Clone(xs)
 	slices.Sort(s)
-	return s[(len(s)-1)/2]
+	n := len(s)
+	if n%2 == 1 {
+		return s[n/2]
+	}
+	return (s[n/2-1] + s[n/2]) / 2
 }
 
 // percentile p (0-100) of ds by nearest rank; zero for none.

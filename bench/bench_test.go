@@ -63,8 +63,8 @@ func TestMedianAndPercentile(t *testing.T) {
 	if got := median(ds); got != 3 {
 		t.Errorf("median = %v, want 3", got)
 	}
-	if got := median([]int{4, 1, 3, 2}); got != 2 {
-		t.Errorf("median of an even count = %v, want the lower middle 2", got)
+	if got := median([]int{4, 1, 6, 2}); got != 3 {
+		t.Errorf("median of an even count = %v, want the mean of the middle two, 3", got)
 	}
 	if got := median[int](nil); got != 0 {
 		t.Errorf("median of none = %v", got)
@@ -121,7 +121,10 @@ func TestFiguresSmall(t *testing.T) {
 	defer cancel()
 	var results []Result
 	for _, fig := range []func(context.Context) []Result{s.Fleet, s.Component, s.Image, s.Events} {
-		results = append(results, fig(ctx)...)
+		start := time.Now()
+		rs := fig(ctx)
+		t.Logf("%s took %s", rs[0].ID, time.Since(start).Round(time.Millisecond))
+		results = append(results, rs...)
 	}
 	ids := map[string]bool{}
 	for _, r := range results {

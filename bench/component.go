@@ -46,6 +46,8 @@ func (s *Site) Component(ctx context.Context) []Result {
 	// The trees stay until the run ends: ext4 allocates inodes slowly for a
 	// few minutes after many were freed, and a rep (or a later figure's
 	// journal writes) must not pay for the last rep's clean-up.
+	s.log.Info("component", "files", files, "size", mc.Size, "raw", mc.RawSize)
+	s.settleInodes(ctx, filepath.Join(s.opts.Dir, "component"))
 	agent, shell, err := s.alternate(ctx, "component pipeline",
 		func(rep string) (time.Duration, error) { return s.componentAgent(ctx, rep, m, files) },
 		func(rep string) (time.Duration, error) { return s.componentShell(ctx, rep, mc, files) })

@@ -38,8 +38,10 @@ const (
 	restInFlight = 64
 	// setupWorkers bound the parallel start-up of nodes and responders.
 	setupWorkers = 32
-	// gatherTimeout bounds one round.
+	// gatherTimeout bounds one round; warmTimeout one try of a warm-up
+	// round, which is tried again until every node is subscribed.
 	gatherTimeout = 60 * time.Second
+	warmTimeout   = 3 * time.Second
 )
 
 // fleetNode is one simulated host: the agent's engine, its bus connection
@@ -153,7 +155,7 @@ func (f *fleet) natsRounds(ctx context.Context, n int) (agents, floor time.Durat
 	var replySize int
 	sent := time.Now()
 	if err := waitFor(ctx, fmt.Sprintf("all %d agents answering", n), gatherTimeout, func() error {
-		_, msgs, err := gather(f.vdc, subjects.FleetCheck(), f.req, n, 10*time.Second)
+		_, msgs, err := gather(f.vdc, subjects.FleetCheck(), f.req, n, warmTimeout)
 		if err != nil {
 			return err
 		}
@@ -165,11 +167,12 @@ func (f *fleet) natsRounds(ctx context.Context, n int) (agents, floor time.Durat
 	if err := f.settle(ctx, sent); err != nil {
 		return 0, 0, err
 	}
+	f.s.log.Info("fleet check sizes", "request", len(f.req), "reply", replySize)
 	if err := f.addFloors(n, replySize); err != nil {
 		return 0, 0, err
 	}
 	if err := waitFor(ctx, fmt.Sprintf("all %d floor responders answering", n), gatherTimeout, func() error {
-		_, _, err := gather(f.vdc, floorSubject, f.req, n, 10*time.Second)
+		_, _, err := gather(f.vdc, floorSubject, f.req, n, warmTimeout)
 		return err
 	}); err != nil {
 		return 0, 0, err

@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -48,7 +49,10 @@ type Options struct {
 	// Sources are directories of real files that fill the component and the
 	// image, in order of preference.
 	Sources []string
-	Logger  *slog.Logger
+	// InodeSettle is the longest figure 2 waits for file creation to be fast
+	// (see settleInodes); 0 does not wait.
+	InodeSettle time.Duration
+	Logger      *slog.Logger
 }
 
 // Site is a run's shared state: the signing key, the release repository and
@@ -122,7 +126,7 @@ func CheckTools() error {
 // 3.3 times the archive each) and a download, per rep of figure 3 two slot
 // files, the releases, and figure 4's host.
 func checkSpace(opts Options) error {
-	reps := int64(max(opts.Reps, 1))
+	reps := int64(max(opts.Reps, 1) + opts.Reps%2 + 1) // even, and a warm-up
 	need := reps*(7*opts.ComponentSize+opts.ComponentSize) + 3*opts.ComponentSize +
 		reps*2*opts.ImageSize + 3*opts.ImageSize + 1<<30
 	var st unix.Statfs_t
@@ -210,24 +214,43 @@ func copyFile(src, dst string, perm os.FileMode) error {
 
 var errStopped = errors.New("stopped")
 
-// alternate runs agent and shell Reps times each, in turn, after one untimed
-// warm-up of each, and returns the medians. Each run gets its rep's name
-// ("warm-up", "0", "1", ...) for its files, and evicts them from the page
-// cache when done (see evict).
+// alternate runs agent and shell Reps times each (rounded up to even), after
+// one untimed warm-up of each, and returns the medians. Which side goes
+// first swaps from rep to rep, each as often as the other: on this machine
+// the second run of a pair can be slower (or faster) than the first, and a
+// disk that gets faster or slower during the figure must favour neither.
+// Each run gets its rep's name ("warm-up", "0", "1", ...) for its files, and
+// evicts them from the page cache when done (see evict).
 func (s *Site) alternate(ctx context.Context, what string, agent, shell func(rep string) (time.Duration, error)) (time.Duration, time.Duration, error) {
 	var as, ss []time.Duration
-	for i := -1; i < s.opts.Reps; i++ {
+	reps := s.opts.Reps + s.opts.Reps%2
+	for i := -1; i < reps; i++ {
 		rep := "warm-up"
 		if i >= 0 {
 			rep = strconv.Itoa(i)
 		}
-		a, err := agent(rep)
-		if err != nil {
-			return 0, 0, fmt.Errorf("agent: %w", err)
+		var a, sh time.Duration
+		runAgent := func() (err error) {
+			if a, err = agent(rep); err != nil {
+				return fmt.Errorf("agent: %w", err)
+			}
+			return nil
 		}
-		sh, err := shell(rep)
-		if err != nil {
-			return 0, 0, fmt.Errorf("shell: %w", err)
+		runShell := func() (err error) {
+			if sh, err = shell(rep); err != nil {
+				return fmt.Errorf("shell: %w", err)
+			}
+			return nil
+		}
+		first, second := runAgent, runShell
+		if i%2 != 0 {
+			first, second = runShell, runAgent
+		}
+		if err := first(); err != nil {
+			return 0, 0, err
+		}
+		if err := second(); err != nil {
+			return 0, 0, err
 		}
 		s.log.Info(what, "rep", rep, "agent", a, "shell", sh)
 		if i >= 0 {
@@ -238,6 +261,81 @@ func (s *Site) alternate(ctx context.Context, what string, agent, shell func(rep
 		}
 	}
 	return median(as), median(ss), nil
+}
+
+// Creating a file should cost well under inodeSlow; see settleInodes.
+const (
+	inodeProbeFiles = 500
+	inodeSlow       = 100 * time.Microsecond
+)
+
+// settleInodes waits, up to Options.InodeSettle, until creating a file in
+// dir is fast. ext4 without a journal (as on this kind of machine) passes
+// over inodes freed in the last minute (six, while their inode table block
+// is dirty) when it allocates one. After a mass deletion (the previous
+// run's clean-up, another test suite's) that scan costs every new file up to
+// a millisecond of CPU for about five minutes, and figure 2, which creates
+// 15,000 files per run, would measure how that state decays more than the
+// pipelines. A machine that other work keeps churning does not settle, and
+// the figure is measured anyway. It returns the last probe.
+func (s *Site) settleInodes(ctx context.Context, dir string) time.Duration {
+	deadline := time.Now().Add(s.opts.InodeSettle)
+	for {
+		per, err := probeInodes(filepath.Join(dir, "inode-probe"))
+		if err != nil {
+			s.log.Warn("inode probe failed", "err", err)
+			return 0
+		}
+		if per < inodeSlow || time.Now().After(deadline) || ctx.Err() != nil {
+			if per >= inodeSlow {
+				s.log.Warn("file creation still slow; measuring anyway", "per file", per)
+			}
+			return per
+		}
+		s.log.Info("file creation slow after a mass deletion; waiting", "per file", per)
+		select {
+		case <-ctx.Done():
+		case <-time.After(5 * time.Second):
+		}
+	}
+}
+
+// Conditions describes the machine's state for the run's header: the load
+// average and what creating a file in dir costs.
+func Conditions(dir string) string {
+	load := "unknown"
+	if b, err := os.ReadFile("/proc/loadavg"); err == nil {
+		if f := strings.Fields(string(b)); len(f) >= 3 {
+			load = strings.Join(f[:3], " ")
+		}
+	}
+	create := "unknown"
+	if per, err := probeInodes(filepath.Join(dir, "inode-probe")); err == nil {
+		create = per.Round(time.Microsecond).String()
+	}
+	return fmt.Sprintf("load average %s, creating a file %s", load, create)
+}
+
+// probes numbers probeInodes' directories.
+var probes atomic.Int64
+
+// probeInodes times creating inodeProbeFiles empty files in a new directory
+// below dir, per file. It leaves them: removing them would feed the very
+// slowness it measures (they go with the run's files).
+func probeInodes(dir string) (time.Duration, error) {
+	dir = filepath.Join(dir, strconv.FormatInt(probes.Add(1), 10))
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return 0, err
+	}
+	start := time.Now()
+	for i := range inodeProbeFiles {
+		f, err := os.OpenFile(filepath.Join(dir, strconv.Itoa(i)), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+		if err != nil {
+			return 0, err
+		}
+		f.Close()
+	}
+	return time.Since(start) / inodeProbeFiles, nil
 }
 
 // evict drops the (synced) files under path from the page cache. On this

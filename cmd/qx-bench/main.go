@@ -2,7 +2,7 @@
 // line per figure (value, baseline, ratio, target, PASS or FAIL) and exits 1
 // when any figure fails. docs/performance.md describes the figures and a run.
 //
-//	qx-bench [--agent bin/agent] [--only 1,2,3,4,5] [--fleet 1000,5000] [--rounds 5] [--dir /tmp] [-v]
+//	qx-bench [--agent bin/agent] [--only 1,2,3,4,5] [--fleet 1000,5000] [--rounds 5] [--reps 6] [--dir /tmp] [-v]
 package main
 
 import (
@@ -40,12 +40,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 	only := fs.String("only", "1,2,3,4,5", "figures to run")
 	fleet := fs.String("fleet", "1000,5000", "fleet sizes (figure 1)")
 	rounds := fs.Int("rounds", 5, "timed rounds per fleet size (median)")
-	reps := fs.Int("reps", 5, "runs of each side of figures 2 and 3 (median)")
+	reps := fs.Int("reps", 6, "runs of each side of figures 2 and 3, even: each side goes first in half (median)")
 	compMB := fs.Int64("component-mb", 200, "least compressed size of the component archive, MB (figure 2)")
 	imageMiB := fs.Int64("image-mib", 1024, "raw image size, MiB (figures 3 and 4)")
 	evAgents := fs.Int("event-agents", 100, "agents emitting events (figure 5)")
 	evRate := fs.Int("event-rate", 1000, "events a second, all agents together (figure 5)")
 	evSeconds := fs.Int("event-seconds", 10, "seconds of events per side (figure 5)")
+	settle := fs.Duration("settle", time.Minute, "longest wait for file creation to be fast before figure 2")
 	tmp := fs.String("dir", os.TempDir(), "where the run's files go (removed at the end)")
 	keep := fs.Bool("keep", false, "keep the run's files")
 	verbose := fs.Bool("v", false, "log progress to stderr")
@@ -84,18 +85,22 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	if !*keep {
-		defer os.RemoveAll(dir)
+		defer func() {
+			fmt.Fprintln(stderr, cleanupNote)
+			os.RemoveAll(dir)
+		}()
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
 	fmt.Fprintf(stdout, "qx-bench: %d cores, %s memory, %s, %s/%s, files in %s\n",
 		runtime.NumCPU(), bench.MemTotal(), runtime.Version(), runtime.GOOS, runtime.GOARCH, dir)
+	fmt.Fprintf(stdout, "qx-bench: at start: %s\n", bench.Conditions(dir))
 	site, err := bench.Open(bench.Options{
 		Dir: dir, Exe: exe, Agent: agentPath, Fleet: sizes, Rounds: *rounds, Reps: *reps,
 		ComponentSize: *compMB * 1000 * 1000, ImageSize: *imageMiB << 20,
 		EventAgents: *evAgents, EventRate: *evRate, EventSeconds: *evSeconds,
-		Sources: bench.DefaultSources(), Logger: log,
+		Sources: bench.DefaultSources(), InodeSettle: *settle, Logger: log,
 	})
 	if err != nil {
 		fmt.Fprintln(stderr, "qx-bench:", err)
@@ -148,7 +153,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		report(st.run(ctx))
 		log.Info("figure done", "figure", st.fig, "took", time.Since(t).Round(time.Second))
 	}
-	fmt.Fprintf(stdout, "qx-bench: done in %s\n", time.Since(start).Round(time.Second))
+	fmt.Fprintf(stdout, "qx-bench: done in %s; at the end: %s\n", time.Since(start).Round(time.Second), bench.Conditions(dir))
 	if ctx.Err() != nil {
 		fmt.Fprintln(stderr, "qx-bench: interrupted")
 		return 1
@@ -158,6 +163,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	return 0
 }
+
+// cleanupNote is printed before the run's files go: see docs/performance.md.
+const cleanupNote = "qx-bench: removing the run's files; for about five minutes after, this kind of file system creates files slowly"
 
 func ints(s string) ([]int, error) {
 	var out []int
