@@ -199,7 +199,7 @@ func (f *fleet) natsRounds(ctx context.Context, n int) (agents, floor time.Durat
 			return 0, 0, err
 		}
 	}
-	f.s.log.Debug("fleet rounds", "nodes", n, "agents", a, "floor", fl)
+	f.s.log.Info("fleet rounds", "nodes", n, "agents", a, "floor", fl)
 	return median(a), median(fl), nil
 }
 

@@ -362,3 +362,43 @@ func FuzzReply(f *testing.F) {
 		}
 	})
 }
+
+// A check request equal to the last one is answered from its remembered
+// decode; any other bytes, valid or not, are decoded again.
+func TestCheckRequestMemo(t *testing.T) {
+	s := natstest.Start(t)
+	natstest.Provision(t, s.ClientURL())
+	fake := newFake("node-a")
+	serve(t, connect(t, s.ClientURL(), "node-a"), fake)
+	nc, _ := client(t, s.ClientURL())
+	tests := []struct {
+		data    string
+		channel string // of the reply; "" for a refusal
+	}{
+		{`{"channel":"dev"}`, "dev"},
+		{`{"channel":"dev"}`, "dev"},
+		{`{"channel":"beta"}`, "beta"},
+		{`{"channel":"beta","bogus":1}`, ""},
+		{`{"channel":"beta"}`, "beta"},
+		{`{"channel":"dev"}`, "dev"},
+		{`{"channel":"dev"`, ""},
+	}
+	for i, tt := range tests {
+		m := request(t, nc, subjects.UpdateCheck("node-a"), []byte(tt.data))
+		r := decode[subjects.CheckReply](t, m.Data)
+		if tt.channel == "" {
+			if r.Error == "" || m.Header.Get("Nats-Service-Error-Code") != "400" {
+				t.Errorf("%d: %s answered %+v (headers %v), want a 400", i, tt.data, r, m.Header)
+			}
+			continue
+		}
+		if r.Error != "" || r.Channel != tt.channel {
+			t.Errorf("%d: %s answered channel %q, error %q; want %q", i, tt.data, r.Channel, r.Error, tt.channel)
+		}
+	}
+	fake.mu.Lock()
+	defer fake.mu.Unlock()
+	if len(fake.checks) != 5 {
+		t.Errorf("engine asked %d times, want 5 (the valid requests)", len(fake.checks))
+	}
+}

@@ -60,7 +60,7 @@ func DecodeSigned(data []byte) (*Signed, error) {
 		return nil, fmt.Errorf("manifest: signed envelope: %d bytes, limit %d: %w", len(data), 2*MaxSize, ErrTooLarge)
 	}
 	var s Signed
-	if err := decodeStrict(data, "signed envelope", envelopeKeys, &s); err != nil {
+	if err := decodeStrict(data, "manifest: signed envelope", envelopeKeys, &s); err != nil {
 		return nil, err
 	}
 	switch {
@@ -75,19 +75,19 @@ func DecodeSigned(data []byte) (*Signed, error) {
 }
 
 // decodeStrict checks data with checkJSON, then decodes it into v refusing
-// unknown fields.
+// unknown fields. Its errors start with what.
 func decodeStrict(data []byte, what string, keys map[string]bool, v any) error {
 	if err := checkJSON(data, keys); err != nil {
-		return fmt.Errorf("manifest: %s: %w", what, err)
+		return fmt.Errorf("%s: %w", what, err)
 	}
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
-		return fmt.Errorf("manifest: %s: %w: %w", what, err, ErrMalformed)
+		return fmt.Errorf("%s: %w: %w", what, err, ErrMalformed)
 	}
 	if _, err := dec.Token(); err != io.EOF {
 		// checkJSON has seen the whole input, so this is only a safety net.
-		return fmt.Errorf("manifest: %s: data after the JSON object: %w", what, ErrMalformed)
+		return fmt.Errorf("%s: data after the JSON object: %w", what, ErrMalformed)
 	}
 	return nil
 }

@@ -105,6 +105,9 @@ func TestDecodeRefuses(t *testing.T) {
 			if !strings.Contains(err.Error(), tt.want) {
 				t.Errorf("Decode = %q, want it to say %q", err, tt.want)
 			}
+			if !strings.HasPrefix(err.Error(), "manifest: ") || strings.Count(err.Error(), "manifest: ") > 1 {
+				t.Errorf("Decode = %q, want one \"manifest: \" prefix", err)
+			}
 		})
 	}
 }
