@@ -167,7 +167,7 @@ func (in *infra) provision() error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	return bus.Provision(ctx, js, 1)
+	return bus.Provision(ctx, js, bus.Storage{Replicas: 1})
 }
 
 // stop closes the child's stdin and waits for it, killing it after 30s.

@@ -32,20 +32,27 @@ const defaultNATSURL = "nats://127.0.0.1:4222"
 type busFlags struct {
 	url  string
 	json bool
+	auth *natsAuth
 }
 
 func addBusFlags(fs *flag.FlagSet) *busFlags {
 	b := &busFlags{}
 	fs.StringVar(&b.url, "nats-url", defaultNATSURL, "NATS server `URL` of the fleet")
 	fs.BoolVar(&b.json, "json", false, "print JSON instead of text")
+	b.auth = addAuthFlags(fs)
 	return b
 }
 
 // dial connects to the bus as vDC. The caller calls close when done.
 func (b *busFlags) dial() (c *vdc.Client, closeFn func(), err error) {
-	nc, err := nats.Connect(b.url, nats.Name("vdc-sim"), nats.Timeout(5*time.Second))
+	opts, err := b.auth.options()
 	if err != nil {
-		return nil, nil, fmt.Errorf("connect to %s: %w", b.url, err)
+		return nil, nil, err
+	}
+	opts = append(opts, nats.Name("vdc-sim"), nats.Timeout(5*time.Second))
+	nc, err := nats.Connect(b.url, opts...)
+	if err != nil {
+		return nil, nil, fmt.Errorf("connect to %s: %w", redactURLs(b.url), err)
 	}
 	c, err = vdc.NewClient(nc)
 	if err != nil {

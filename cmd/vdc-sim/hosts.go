@@ -96,7 +96,12 @@ type natsOptions struct {
 	listen   string
 	store    string
 	url      string
+	auth     *natsAuth
 	replicas int
+
+	// Limits of the event stream.
+	eventsMaxAge   time.Duration
+	eventsMaxBytes int64
 
 	// The maintenance coordinator's simulated VMs.
 	vmsPerNode     int
@@ -109,6 +114,9 @@ func addNATSFlags(fs *flag.FlagSet) *natsOptions {
 	fs.StringVar(&n.listen, "nats-listen", "127.0.0.1:4222", "embedded NATS server listen address; port 0 picks a free port")
 	fs.StringVar(&n.store, "store", "", "JetStream store `DIR` of the embedded server (default: a temp dir removed at exit)")
 	fs.StringVar(&n.url, "nats-url", "", "use the NATS server at `URL` instead of embedding one")
+	n.auth = addAuthFlags(fs)
+	fs.DurationVar(&n.eventsMaxAge, "events-max-age", bus.DefaultEventsMaxAge, "events older than this leave the QX_EVENTS stream; 0 keeps them")
+	fs.Int64Var(&n.eventsMaxBytes, "events-max-bytes", bus.DefaultEventsMaxBytes, "the QX_EVENTS stream drops its oldest events past this many bytes; 0 for no limit")
 	fs.IntVar(&n.replicas, "replicas", 1, "replicas of the event stream and node bucket (a clustered server)")
 	fs.IntVar(&n.vmsPerNode, "vms-per-node", 3, "simulated VMs the maintenance coordinator drains from a node before it may reboot")
 	fs.DurationVar(&n.drainInterval, "drain-interval", time.Second, "time one simulated VM takes to migrate away")
@@ -131,6 +139,16 @@ func startBus(ctx context.Context, e *env, n *natsOptions, o *serveOptions) (sto
 		return nil, fmt.Errorf("--drain-interval %s: want a positive duration", n.drainInterval)
 	case n.maxUnavailable < 1:
 		return nil, fmt.Errorf("--max-unavailable %d: want 1 or more", n.maxUnavailable)
+	case n.eventsMaxAge < 0:
+		return nil, fmt.Errorf("--events-max-age %s: want 0 or more", n.eventsMaxAge)
+	case n.eventsMaxBytes < 0:
+		return nil, fmt.Errorf("--events-max-bytes %d: want 0 or more", n.eventsMaxBytes)
+	case n.url == "" && n.auth.set():
+		return nil, errors.New("--creds, --nkey, --user and --password-file need --nats-url: the embedded server has no authentication")
+	}
+	authOpts, err := n.auth.options()
+	if err != nil {
+		return nil, err
 	}
 	log := e.log.With("component", "vdc")
 	var undo []func()
@@ -171,9 +189,9 @@ func startBus(ctx context.Context, e *env, n *natsOptions, o *serveOptions) (sto
 		}()
 	}
 
-	nc, err := nats.Connect(url, nats.Name("vdc-sim serve"), nats.MaxReconnects(-1))
+	nc, err := nats.Connect(url, append(authOpts, nats.Name("vdc-sim serve"), nats.MaxReconnects(-1))...)
 	if err != nil {
-		return nil, fmt.Errorf("connect to %s: %w", url, err)
+		return nil, fmt.Errorf("connect to %s: %w", redactURLs(url), err)
 	}
 	undo = append(undo, nc.Close)
 	if n.url != "" {
@@ -189,7 +207,7 @@ func startBus(ctx context.Context, e *env, n *natsOptions, o *serveOptions) (sto
 	}
 	pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	if err := bus.Provision(pctx, js, n.replicas); err != nil {
+	if err := bus.Provision(pctx, js, bus.Storage{Replicas: n.replicas, MaxAge: n.eventsMaxAge, MaxBytes: n.eventsMaxBytes}); err != nil {
 		return nil, err
 	}
 	c, err := vdc.NewClient(nc)

@@ -254,7 +254,7 @@ func TestProvision(t *testing.T) {
 	_, js := client(t, s.ClientURL())
 	ctx := context.Background()
 	for range 2 { // creating and updating
-		if err := bus.Provision(ctx, js, 0); err != nil {
+		if err := bus.Provision(ctx, js, bus.Storage{}); err != nil {
 			t.Fatalf("Provision: %v", err)
 		}
 	}
@@ -264,8 +264,18 @@ func TestProvision(t *testing.T) {
 	}
 	cfg := info.Config
 	if len(cfg.Subjects) != 1 || cfg.Subjects[0] != subjects.AllEvents() || cfg.Storage != jetstream.FileStorage ||
-		cfg.Duplicates < 2*time.Minute || cfg.Replicas != 1 {
+		cfg.Duplicates < 2*time.Minute || cfg.Replicas != 1 || cfg.MaxAge != 0 || cfg.MaxBytes != -1 {
 		t.Errorf("stream config = %+v", cfg)
+	}
+	// Limits, set on the existing stream: old events go first.
+	if err := bus.Provision(ctx, js, bus.Storage{MaxAge: time.Hour, MaxBytes: 1 << 20}); err != nil {
+		t.Fatalf("Provision with limits: %v", err)
+	}
+	if info, err = stream(t, js).Info(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if cfg := info.Config; cfg.MaxAge != time.Hour || cfg.MaxBytes != 1<<20 || cfg.Discard != jetstream.DiscardOld {
+		t.Errorf("stream limits = age %s, bytes %d, discard %v", cfg.MaxAge, cfg.MaxBytes, cfg.Discard)
 	}
 	st, err := bucket(t, js).Status(ctx)
 	if err != nil {

@@ -14,11 +14,29 @@ import (
 // for an agent to retry an event whose ack it lost across a reconnect.
 const DuplicateWindow = 2 * time.Minute
 
-// Provision creates or updates the QX_EVENTS stream and the qx_nodes bucket
-// with the given replicas (less than 1 means 1). vdc-sim and tests call it;
-// agents never do (their NATS users may not call the JetStream API).
-func Provision(ctx context.Context, js jetstream.JetStream, replicas int) error {
-	replicas = max(replicas, 1)
+// The event stream's limits by default: events are the fleet's update
+// history, kept for a quarter; the bytes bound a fleet stuck in a loop.
+const (
+	DefaultEventsMaxAge   = 90 * 24 * time.Hour
+	DefaultEventsMaxBytes = 8 << 30
+)
+
+// Storage is how Provision lays out the stream and the bucket.
+type Storage struct {
+	Replicas int           // of the stream and the bucket; less than 1 means 1
+	MaxAge   time.Duration // of an event in the stream; 0 keeps events forever
+	MaxBytes int64         // of the stream, oldest events dropped first; 0 for no limit
+}
+
+// Provision creates or updates the QX_EVENTS stream and the qx_nodes bucket.
+// vdc-sim and tests call it; agents never do (their NATS users may not call
+// the JetStream API).
+func Provision(ctx context.Context, js jetstream.JetStream, st Storage) error {
+	replicas := max(st.Replicas, 1)
+	maxBytes := st.MaxBytes
+	if maxBytes <= 0 {
+		maxBytes = -1 // the server's "no limit"
+	}
 	_, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
 		Name:        subjects.Stream,
 		Description: "Quantix-OS node events (UpdateEvent, AgentEvent)",
@@ -26,6 +44,9 @@ func Provision(ctx context.Context, js jetstream.JetStream, replicas int) error 
 		Storage:     jetstream.FileStorage,
 		Duplicates:  DuplicateWindow,
 		Replicas:    replicas,
+		MaxAge:      max(st.MaxAge, 0),
+		MaxBytes:    maxBytes,
+		Discard:     jetstream.DiscardOld,
 	})
 	if err != nil {
 		return fmt.Errorf("provision stream %s: %w", subjects.Stream, err)

@@ -102,7 +102,7 @@ func Provision(t testing.TB, url string, opts ...nats.Option) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := bus.Provision(ctx, js, 1); err != nil {
+	if err := bus.Provision(ctx, js, bus.Storage{Replicas: 1}); err != nil {
 		t.Fatalf("natstest: %v", err)
 	}
 }

@@ -44,7 +44,7 @@ func startBus(t *testing.T) *testBus {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := bus.Provision(ctx, b.js, 1); err != nil {
+	if err := bus.Provision(ctx, b.js, bus.Storage{Replicas: 1}); err != nil {
 		t.Fatal(err)
 	}
 	b.kv, err = b.js.KeyValue(ctx, subjects.Bucket)
