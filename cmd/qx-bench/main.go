@@ -46,7 +46,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	evAgents := fs.Int("event-agents", 100, "agents emitting events (figure 5)")
 	evRate := fs.Int("event-rate", 1000, "events a second, all agents together (figure 5)")
 	evSeconds := fs.Int("event-seconds", 10, "seconds of events per side (figure 5)")
-	settle := fs.Duration("settle", time.Minute, "longest wait for file creation to be fast before figure 2")
+	settle := fs.Duration("settle", 3*time.Minute, "longest wait for file creation to be fast before figure 2")
 	tmp := fs.String("dir", os.TempDir(), "where the run's files go (removed at the end)")
 	keep := fs.Bool("keep", false, "keep the run's files")
 	verbose := fs.Bool("v", false, "log progress to stderr")
