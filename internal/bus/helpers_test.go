@@ -33,6 +33,7 @@ type fakeEngine struct {
 	busy      bool
 	status    subjects.StatusReport
 	checkHook func(ctx context.Context) // runs inside Check, to hold a request in flight
+	booted    chan struct{}
 }
 
 func newFake(node string) *fakeEngine {
@@ -94,6 +95,26 @@ func (f *fakeEngine) Status() subjects.StatusReport {
 func (f *fakeEngine) CurrentVersion() string { return "0.0.5" }
 
 func (f *fakeEngine) Subscribe() (<-chan subjects.UpdateEvent, func()) { return f.events, func() {} }
+
+// Booted is closed unless the test holds the boot decision with holdBoot.
+func (f *fakeEngine) Booted() <-chan struct{} {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.booted == nil {
+		f.booted = make(chan struct{})
+		close(f.booted)
+	}
+	return f.booted
+}
+
+// holdBoot makes Booted block until the returned func is called.
+func (f *fakeEngine) holdBoot() (release func()) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	ch := make(chan struct{})
+	f.booted = ch
+	return func() { close(ch) }
+}
 
 func (f *fakeEngine) EmitAgent(bootSlot string) subjects.AgentEvent {
 	f.mu.Lock()

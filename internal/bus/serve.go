@@ -27,6 +27,9 @@ type Engine interface {
 	CurrentVersion() string
 	Subscribe() (<-chan subjects.UpdateEvent, func())
 	EmitAgent(bootSlot string) subjects.AgentEvent
+	// Booted is closed when the agent may announce itself (see
+	// engine.Engine.Booted).
+	Booted() <-chan struct{}
 }
 
 // ErrBadRequest reports a request payload that does not decode as its
@@ -70,7 +73,7 @@ func newServer(c *Conn, eng Engine) *server {
 // Serve answers the node's request subjects and the fleet check until ctx
 // ends, then drains them and waits for the requests in flight (cancelling
 // those that outlast a short grace). It announces the agent with an online
-// AgentEvent and keeps the node's NodeState in the bucket: at start, after
+// AgentEvent once the engine is Booted, and keeps the node's NodeState in the bucket: at start, after
 // engine events (at most about four puts a second), after every reconnect,
 // and every 30 s as a heartbeat. Call it once per Conn.
 func (c *Conn) Serve(ctx context.Context, eng Engine) error {
@@ -98,13 +101,19 @@ func (c *Conn) Serve(ctx context.Context, eng Engine) error {
 	}
 	c.log.Info("serving", "node", c.node, "subjects", len(subs))
 
-	boot := c.bootSlot()
-	ev := eng.EmitAgent(boot)
-
 	loopCtx, stopLoop := context.WithCancel(ctx)
 	loopDone := make(chan struct{})
 	go func() {
 		defer close(loopDone)
+		// Announce the agent once it knows what it booted: after an A/B
+		// update's trial boot is committed or rolled back, so the online
+		// event carries the versions that run. Requests are served meanwhile.
+		select {
+		case <-eng.Booted():
+		case <-loopCtx.Done():
+			return
+		}
+		ev := eng.EmitAgent(c.bootSlot())
 		s.stateLoop(loopCtx, events, ev.Seq)
 	}()
 

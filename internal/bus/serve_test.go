@@ -402,3 +402,24 @@ func TestCheckRequestMemo(t *testing.T) {
 		t.Errorf("engine asked %d times, want 5 (the valid requests)", len(fake.checks))
 	}
 }
+
+// The agent announces itself once the engine knows what it booted; requests
+// are answered before that.
+func TestOnlineWaitsForBoot(t *testing.T) {
+	s := natstest.Start(t)
+	natstest.Provision(t, s.ClientURL())
+	nc, _ := client(t, s.ClientURL())
+	eng := newFake("node-a")
+	release := eng.holdBoot()
+	serve(t, connect(t, s.ClientURL(), "node-a"), eng)
+
+	m := request(t, nc, subjects.UpdateStatus("node-a"), nil)
+	if r := decode[subjects.StatusReport](t, m.Data); r.NodeID != "node-a" {
+		t.Fatalf("status while the boot is undecided = %+v", r)
+	}
+	if b := eng.bootSlots(); len(b) != 0 {
+		t.Fatalf("announced %q before the boot was decided", b)
+	}
+	release()
+	waitFor(t, 5*time.Second, "the online event", func() bool { return len(eng.bootSlots()) == 1 })
+}

@@ -253,6 +253,9 @@ func (e *Engine) opManifest(op *journal.Operation) (*manifest.Manifest, error) {
 }
 
 func (e *Engine) runOp(ctx context.Context) {
+	// The first operation to end after Start is the trial boot's decision,
+	// when there is one (see Booted); for any later one this does nothing.
+	defer e.markBooted()
 	op := e.op()
 	if op == nil {
 		e.clearRunning()

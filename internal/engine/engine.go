@@ -100,6 +100,11 @@ type Engine struct {
 	maint     Maintainer
 	ctx       context.Context // set by Start
 	started   chan struct{}
+	// booted is closed once Start has decided a trial boot it found armed
+	// (committed or rolled back, with the versions that result), or at
+	// once when there was none; bootOnce guards the close.
+	booted   chan struct{}
+	bootOnce sync.Once
 
 	kick     chan struct{} // wakes the outbox drainer
 	settings chan struct{} // wakes the auto-check loop
@@ -166,6 +171,7 @@ func New(opts Options) (*Engine, error) {
 		checked:   map[string]*checked{},
 		subs:      map[chan subjects.UpdateEvent]struct{}{},
 		started:   make(chan struct{}),
+		booted:    make(chan struct{}),
 		kick:      make(chan struct{}, 1),
 		settings:  make(chan struct{}, 1),
 		checkKick: make(chan struct{}, 1),
@@ -197,7 +203,22 @@ func (e *Engine) Start(ctx context.Context) {
 	e.ctx = ctx
 	e.mu.Unlock()
 	close(e.started)
+	op := e.op()
+	trial := op != nil && op.Kind == subjects.UpdateTypeFull && op.Phase == journal.PhaseRebooting && op.Cancelled == ""
 	e.resume()
+	if !trial {
+		e.markBooted()
+	}
+	e.wg.Add(1)
+	go func() {
+		// Never hold the announcement past shutdown.
+		defer e.wg.Done()
+		select {
+		case <-ctx.Done():
+			e.markBooted()
+		case <-e.booted:
+		}
+	}()
 	var releases int
 	e.store.View(func(s *journal.State) { releases = len(s.Releases) })
 	if releases > 0 {
@@ -225,6 +246,15 @@ func (e *Engine) Start(ctx context.Context) {
 		}()
 	}
 }
+
+// Booted is closed once the agent knows what it booted: after Start decided
+// a trial boot of a full-system update (commit or fall back, see afterBoot)
+// and recorded the outcome, or at once when no trial was armed. The bus
+// announces the agent after it, so the online event carries the versions
+// that now run.
+func (e *Engine) Booted() <-chan struct{} { return e.booted }
+
+func (e *Engine) markBooted() { e.bootOnce.Do(func() { close(e.booted) }) }
 
 // Wait blocks until every goroutine Start began has returned.
 func (e *Engine) Wait() { e.wg.Wait() }

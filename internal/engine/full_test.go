@@ -152,6 +152,9 @@ func TestFullUpdateTrialBootCommits(t *testing.T) {
 		t.Fatal(ack, err)
 	}
 	a.waitStatus(subjects.StatusRebootRequired)
+	if !isClosed(a.eng.Booted()) {
+		t.Error("Booted not closed after a start with no trial armed")
+	}
 	if got, _ := os.ReadFile(a.slotB); !bytes.Equal(got, a.raw) {
 		t.Fatalf("slot b does not hold the image (%d bytes, want %d)", len(got), len(a.raw))
 	}
@@ -174,6 +177,16 @@ func TestFullUpdateTrialBootCommits(t *testing.T) {
 
 	if slot := a.reboot(false); slot != "b" {
 		t.Fatalf("booted %s, want b", slot)
+	}
+	// The agent announces itself once the trial is decided: by then the
+	// versions are the new ones.
+	select {
+	case <-a.eng.Booted():
+	case <-time.After(10 * time.Second):
+		t.Fatal("Booted not closed after the trial boot")
+	}
+	if v := a.eng.Versions(); v.OS != "0.0.6" {
+		t.Errorf("versions when Booted closed: %+v, want OS 0.0.6", v)
 	}
 	ev := a.wait()
 	if ev.Type != subjects.EventCompleted {
@@ -312,6 +325,9 @@ func TestFullUpdateKilledDuringImageWrite(t *testing.T) {
 	a.cancel()
 	a.start()
 	a.waitStatus(subjects.StatusRebootRequired)
+	if !isClosed(a.eng.Booted()) {
+		t.Error("Booted not closed after a start with no trial armed")
+	}
 	if got, _ := os.ReadFile(a.slotB); !bytes.Equal(got, a.raw) {
 		t.Fatal("slot b does not hold the image after the resumed write")
 	}

@@ -273,7 +273,7 @@ func manifestCases() []attack {
 			prep: func(w *world) { w.publish(w.originalEnvelope[:len(w.originalEnvelope)/2]) }},
 		{suite: s, name: "not JSON at all", is: manifest.ErrMalformed, want: []string{"invalid character '<'"},
 			prep: func(w *world) { w.publish([]byte("<html><body>Welcome to nginx!</body></html>\n")) }},
-		{suite: s, name: "malformed signed manifest", is: manifest.ErrMalformed, want: []string{"manifest: unexpected end of JSON input", "malformed"},
+		{suite: s, name: "malformed signed manifest", is: manifest.ErrMalformed, want: []string{"channel dev: manifest: unexpected EOF", "malformed"},
 			prep: func(w *world) { w.publishRaw(w.compact()[:100]) }},
 		{suite: s, name: "duplicate key", is: manifest.ErrDuplicateKey, want: []string{`key "version" appears twice`},
 			prep: tamper(`"version":"0.0.6",`, `"version":"0.0.6","version":"9.9.9",`)},
