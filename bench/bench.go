@@ -95,7 +95,7 @@ func (r Result) String() string {
 	if r.Target.Note != "" {
 		target += " " + r.Target.Note
 	}
-	line := fmt.Sprintf("%-3s %-66s value %10s %-3s  baseline %10s %-3s  ratio %6.2f  target %-35s %s",
+	line := fmt.Sprintf("%-3s %-72s value %10s %-3s  baseline %10s %-3s  ratio %6.2f  target %-35s %s",
 		r.ID, r.Name, num(r.Value), r.Unit, num(r.Baseline), r.Unit, r.Ratio(), target, verdict)
 	if r.Err != nil {
 		line += ": " + r.Err.Error()
