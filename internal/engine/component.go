@@ -11,6 +11,8 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/quantix-os/update-agent/internal/archive"
 	"github.com/quantix-os/update-agent/internal/journal"
 	"github.com/quantix-os/update-agent/internal/manifest"
@@ -157,6 +159,35 @@ func (e *Engine) removeStaging(op *journal.Operation) {
 	}
 }
 
+// putBack moves the old tree at old to dir. When dir holds something else
+// (replace), the two are exchanged, so dir is never absent, and the other
+// tree, now at old, is removed by the caller; without the exchange dir is
+// removed first.
+func putBack(old, dir string, replace bool) error {
+	if !exists(dir) {
+		return os.Rename(old, dir)
+	}
+	if !replace {
+		// Neither tree: something else made it. Keep the old tree where
+		// it is for the operator rather than guess.
+		return fmt.Errorf("%s holds neither the old nor the new tree; the old one is at %s", dir, old)
+	}
+	err := exchange(old, dir)
+	if err == nil || !errors.Is(err, errNoExchange) {
+		return err
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		return err
+	}
+	return os.Rename(old, dir)
+}
+
+// sameInode reports whether p is the file with inode ino.
+func sameInode(p string, ino uint64) bool {
+	n, err := inode(p)
+	return err == nil && n == ino
+}
+
 func exists(p string) bool {
 	_, err := os.Lstat(p)
 	return err == nil
@@ -167,24 +198,32 @@ func exists(p string) bool {
 // knows what may have changed.
 func (e *Engine) installOne(i int, c *journal.Component) error {
 	hadOld := exists(c.Dir)
-	if err := e.setComponent(i, func(jc *journal.Component) { jc.Step = journal.StepSwapping; jc.HadOld = hadOld }); err != nil {
+	ino, err := inode(c.Staging)
+	if err != nil {
+		return fmt.Errorf("install %s: staging: %w", c.Name, err)
+	}
+	if err := e.setComponent(i, func(jc *journal.Component) {
+		jc.Step, jc.HadOld, jc.StagingIno = journal.StepSwapping, hadOld, ino
+	}); err != nil {
 		return err
 	}
-	c.Step, c.HadOld = journal.StepSwapping, hadOld
+	c.Step, c.HadOld, c.StagingIno = journal.StepSwapping, hadOld, ino
 	e.opts.Failpoint("swapping")
 	parent := filepath.Dir(c.Dir)
-	if hadOld {
-		if err := os.Rename(c.Dir, c.Backup); err != nil {
-			return fmt.Errorf("install %s: back up: %w", c.Name, err)
+	switch {
+	case hadOld:
+		if err := e.swapIn(c); err != nil {
+			return fmt.Errorf("install %s: %w", c.Name, err)
 		}
-		e.opts.Failpoint("backed-up")
-	} else if err := os.MkdirAll(parent, 0o755); err != nil {
-		return fmt.Errorf("install %s: %w", c.Name, err)
+	default:
+		if err := os.MkdirAll(parent, 0o755); err != nil {
+			return fmt.Errorf("install %s: %w", c.Name, err)
+		}
+		if err := os.Rename(c.Staging, c.Dir); err != nil {
+			return fmt.Errorf("install %s: move in: %w", c.Name, err)
+		}
+		e.opts.Failpoint("moved-in")
 	}
-	if err := os.Rename(c.Staging, c.Dir); err != nil {
-		return fmt.Errorf("install %s: swap in: %w", c.Name, err)
-	}
-	e.opts.Failpoint("moved-in")
 	if err := journal.SyncDir(parent); err != nil {
 		return fmt.Errorf("install %s: %w", c.Name, err)
 	}
@@ -214,6 +253,64 @@ func (e *Engine) installOne(i int, c *journal.Component) error {
 	return nil
 }
 
+// swapIn replaces the install dir of c, which exists, with its staging tree
+// and keeps the old tree as the backup. It exchanges the two trees in one
+// rename (RENAME_EXCHANGE), so the install dir is never absent, not even for
+// a service that starts in between; then the old tree, now at the staging
+// path, becomes the backup. A file system without the exchange gets two
+// renames, with an instant between them when the dir is absent (recovery
+// handles both: see restoreOne).
+func (e *Engine) swapIn(c *journal.Component) error {
+	err := exchange(c.Staging, c.Dir)
+	switch {
+	case err == nil:
+		e.opts.Failpoint("moved-in")
+		if err := os.Rename(c.Staging, c.Backup); err != nil {
+			return fmt.Errorf("back up: %w", err)
+		}
+		e.opts.Failpoint("backed-up")
+		return nil
+	case errors.Is(err, errNoExchange):
+		e.log.Debug("swapping with two renames", "dir", c.Dir, "err", err)
+	default:
+		return fmt.Errorf("swap in: %w", err)
+	}
+	if err := os.Rename(c.Dir, c.Backup); err != nil {
+		return fmt.Errorf("back up: %w", err)
+	}
+	e.opts.Failpoint("backed-up")
+	if err := os.Rename(c.Staging, c.Dir); err != nil {
+		return fmt.Errorf("swap in: %w", err)
+	}
+	e.opts.Failpoint("moved-in")
+	return nil
+}
+
+// errNoExchange is exchange's error on a file system that cannot do it.
+var errNoExchange = errors.New("rename exchange not supported")
+
+// exchange swaps the trees at paths a and b atomically.
+func exchange(a, b string) error {
+	err := unix.Renameat2(unix.AT_FDCWD, a, unix.AT_FDCWD, b, unix.RENAME_EXCHANGE)
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.EOPNOTSUPP):
+		return fmt.Errorf("exchange %s and %s: %w (%w)", a, b, errNoExchange, err)
+	default:
+		return &os.LinkError{Op: "exchange", Old: a, New: b, Err: err}
+	}
+}
+
+// inode is the inode number of p, which identifies a tree across renames.
+func inode(p string) (uint64, error) {
+	var st unix.Stat_t
+	if err := unix.Lstat(p, &st); err != nil {
+		return 0, &os.PathError{Op: "lstat", Path: p, Err: err}
+	}
+	return st.Ino, nil
+}
+
 // restoreOne puts component c back as it was before the operation, whatever
 // point of the swap it reached. It is idempotent, so a crash during recovery
 // is recovered by running it again.
@@ -224,15 +321,35 @@ func restoreOne(c journal.Component) error {
 		return os.RemoveAll(c.Staging)
 	}
 	if c.HadOld {
-		if exists(c.Backup) {
-			if err := os.RemoveAll(c.Dir); err != nil {
-				return fmt.Errorf("restore %s: %w", c.Name, err)
-			}
-			if err := os.Rename(c.Backup, c.Dir); err != nil {
-				return fmt.Errorf("restore %s: %w", c.Name, err)
-			}
+		// Where the old tree is: in the backup, at the staging path (swapped
+		// by exchange, not yet backed up), or still in place. The new tree
+		// is known by its inode wherever it is.
+		isNew := func(p string) bool { return c.StagingIno != 0 && sameInode(p, c.StagingIno) }
+		old := ""
+		switch {
+		case exists(c.Backup) && !isNew(c.Backup):
+			old = c.Backup
+		case exists(c.Staging) && isNew(c.Dir):
+			old = c.Staging
 		}
-		// No backup: the old tree was never moved, so it is still in place.
+		var err error
+		switch {
+		case old != "" && c.StagingIno == 0:
+			// A journal from before the inode was kept: replace the dir
+			// outright, which is safe to repeat.
+			if err = os.RemoveAll(c.Dir); err == nil {
+				err = os.Rename(old, c.Dir)
+			}
+		case old != "":
+			err = putBack(old, c.Dir, isNew(c.Dir))
+		}
+		if err != nil {
+			return fmt.Errorf("restore %s: %w", c.Name, err)
+		}
+		// What is left at the backup path is the new tree, exchanged out.
+		if err := os.RemoveAll(c.Backup); err != nil {
+			return fmt.Errorf("restore %s: %w", c.Name, err)
+		}
 	} else if !exists(c.Staging) {
 		// The staging tree was moved into place: the install dir is the new one.
 		if err := os.RemoveAll(c.Dir); err != nil {

@@ -569,7 +569,7 @@ func TestRestartFailureRollsBack(t *testing.T) {
 // step (as a kill would: nothing after it runs), starts a new engine on the
 // same host, and checks the host is whole before and the update completes after.
 func TestCrashAtEveryStep(t *testing.T) {
-	points := []string{"downloaded", "staged", "swapping", "backed-up", "swapped", "restarted", "component-done"}
+	points := []string{"downloaded", "staged", "swapping", "moved-in", "backed-up", "swapped", "restarted", "component-done"}
 	for _, point := range points {
 		for _, nth := range []int{1, 2} {
 			t.Run(fmt.Sprintf("%s#%d", point, nth), func(t *testing.T) {

@@ -65,15 +65,18 @@ const (
 
 // Component is one component's progress inside an operation.
 type Component struct {
-	Name     string `json:"name"`
-	Version  string `json:"version"`
-	From     string `json:"from,omitempty"`
-	Step     Step   `json:"step"`
-	HadOld   bool   `json:"hadOld"` // the install dir existed before; false means a new component
-	Dir      string `json:"dir"`
-	Staging  string `json:"staging"`
-	Backup   string `json:"backup"`
-	Download string `json:"download"`
+	Name    string `json:"name"`
+	Version string `json:"version"`
+	From    string `json:"from,omitempty"`
+	Step    Step   `json:"step"`
+	HadOld  bool   `json:"hadOld"` // the install dir existed before; false means a new component
+	Dir     string `json:"dir"`
+	Staging string `json:"staging"`
+	// StagingIno is the inode of the staging tree, journaled before the
+	// swap: recovery finds the new tree by it wherever the swap left it.
+	StagingIno uint64 `json:"stagingIno,omitempty"`
+	Backup     string `json:"backup"`
+	Download   string `json:"download"`
 }
 
 // Operation is the update in flight.
