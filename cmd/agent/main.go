@@ -190,7 +190,7 @@ func serve(ctx context.Context, cfg config.Options, log *slog.Logger) error {
 			defer wg.Done()
 			m.Run(ctx)
 		}()
-		srv := api.New(eng, api.Options{Token: token, Hosts: cfg.HTTP.Hosts, Gatherer: reg, Page: ui.FS(), Logger: log.With("component", "api")})
+		srv := api.New(eng, api.Options{Token: token, Hosts: cfg.HTTP.Hosts, Origins: cfg.HTTP.Origins, Gatherer: reg, Page: ui.FS(), Logger: log.With("component", "api")})
 		scheme := "http"
 		if cfg.HTTP.TLSCert != "" {
 			scheme = "https"

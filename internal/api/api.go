@@ -57,6 +57,11 @@ type Options struct {
 	// localhost, 127.0.0.1, ::1 and the listen host: the names the host UI is
 	// reached by.
 	Hosts []string
+	// Origins are the origins (scheme://host[:port]) of pages besides the
+	// facade's own that may change this host, such as the host UI when it
+	// is served by another program. New skips any that is not an origin;
+	// the agent's config refuses them first.
+	Origins []string
 	// Gatherer is served at /metrics; nil means prometheus.DefaultGatherer.
 	Gatherer prometheus.Gatherer
 	// Page is the Updates page: index.html at its root, served at /, and the
@@ -115,6 +120,7 @@ type Server struct {
 
 	mu      sync.Mutex
 	hosts   map[string]bool        // allowed Host names, lower case, no port
+	origins map[string]bool        // Options.Origins, normalized (see normOrigin)
 	streams map[chan struct{}]bool // open event streams, closed on shutdown
 	closing bool                   // shutting down: no new streams
 }
@@ -144,6 +150,12 @@ func New(u Updater, opts Options) *Server {
 	}
 	for _, h := range opts.Hosts {
 		s.hosts[normHost(h)] = true
+	}
+	s.origins = map[string]bool{}
+	for _, o := range opts.Origins {
+		if n, ok := normOrigin(o); ok {
+			s.origins[n] = true
+		}
 	}
 	s.router = s.routes()
 	return s

@@ -316,17 +316,25 @@ func TestHostCheck(t *testing.T) {
 }
 
 func TestCrossOrigin(t *testing.T) {
-	h := newHarness(t, Options{Hosts: []string{"qx-node-1.lan"}})
+	h := newHarness(t, Options{Hosts: []string{"qx-node-1.lan"}, Origins: []string{"https://QX-Node-1.lan", "not an origin"}})
+	port := h.url[strings.LastIndex(h.url, ":")+1:]
 	tests := []struct {
 		origin string
 		code   int
 	}{
 		{"http://evil.example", 403},
 		{"null", 403},
-		{"http://192.168.1.66", 403}, // another machine's page
-		{h.url, 202},
-		{"http://localhost:3000", 202},
-		{"https://qx-node-1.lan", 202},
+		{"http://192.168.1.66", 403},             // another machine's page
+		{"http://localhost:3000", 403},           // another program's page on this host
+		{"http://127.0.0.1:" + port + "0", 403},  // a port that only starts like ours
+		{"https://127.0.0.1:" + port, 403},       // another scheme
+		{"http://qx-node-1.lan:" + port, 403},    // a name we serve, but the Host below is 127.0.0.1
+		{"https://qx-node-1.lan:8443", 403},      // a listed origin's name on another port
+		{"http://127.0.0.1:" + port + "/x", 403}, // not an origin
+		{h.url, 202},                             // the page's own
+		{"HTTP://127.0.0.1:" + port, 202},        // the same, in other case
+		{"https://qx-node-1.lan", 202},           // listed
+		{"https://qx-node-1.lan:443", 202},       // listed, port spelled out
 		{"", 202},
 	}
 	for _, tt := range tests {

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"mime"
+	"net"
 	"net/http"
 	"net/url"
 	"runtime/debug"
@@ -124,30 +125,51 @@ func (s *Server) checkHost(c *gin.Context) {
 	c.Next()
 }
 
-// checkOrigin refuses a write from a page of another site. Browsers send
-// Origin on every cross-origin request and on same-origin POST and PUT.
+// checkOrigin refuses a write from a page of another origin. Browsers send
+// Origin on every cross-origin request and on same-origin POST and PUT. The
+// page's origin must be this server's own (scheme, host and port: a page
+// served by another program on this host, on another port, is another
+// origin) or one of Options.Origins.
 func (s *Server) checkOrigin(c *gin.Context) {
 	origin := c.GetHeader("Origin")
 	if origin == "" {
 		c.Next() // not a browser, or a same-origin request of an old one
 		return
 	}
-	u, err := url.Parse(origin)
-	ok := err == nil && u.Host != "" &&
-		(normHost(u.Host) == normHost(c.Request.Host) || s.namedHostAllowed(u.Host))
-	if !ok {
-		abortError(c, http.StatusForbidden, CodeCrossOrigin, fmt.Sprintf("origin %q may not change this host", origin))
+	scheme := "http"
+	if c.Request.TLS != nil {
+		scheme = "https"
+	}
+	o, ok := normOrigin(origin)
+	if !ok || (o != joinOrigin(scheme, c.Request.Host) && !s.origins[o]) {
+		abortError(c, http.StatusForbidden, CodeCrossOrigin,
+			fmt.Sprintf("origin %q may not change this host; add it to the agent's http origins", origin))
 		return
 	}
 	c.Next()
 }
 
-// namedHostAllowed is hostAllowed without the IP literal rule: an Origin
-// must be this host, not any address.
-func (s *Server) namedHostAllowed(hostport string) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.hosts[normHost(hostport)]
+// normOrigin is origin as scheme://host:port, lower case, with the scheme's
+// default port filled in; false for anything else ("null", a path).
+func normOrigin(origin string) (string, bool) {
+	u, err := url.Parse(origin)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" ||
+		u.User != nil || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" {
+		return "", false
+	}
+	return joinOrigin(strings.ToLower(u.Scheme), u.Host), true
+}
+
+func joinOrigin(scheme, hostport string) string {
+	host, port, err := net.SplitHostPort(hostport)
+	if err != nil {
+		host, port = hostport, ""
+	}
+	if port == "" {
+		port = map[string]string{"http": "80", "https": "443"}[scheme]
+	}
+	host = strings.ToLower(strings.TrimSuffix(strings.TrimSuffix(strings.TrimPrefix(host, "["), "]"), "."))
+	return scheme + "://" + net.JoinHostPort(host, port)
 }
 
 // checkToken requires the bearer token when one is configured.

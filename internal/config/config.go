@@ -139,6 +139,7 @@ type HTTP struct {
 	Listen    string   `yaml:"listen" json:"listen"`
 	TokenFile string   `yaml:"tokenFile" json:"tokenFile"`
 	Hosts     []string `yaml:"hosts" json:"hosts"`
+	Origins   []string `yaml:"origins" json:"origins"`
 	TLSCert   string   `yaml:"tlsCert" json:"tlsCert"`
 	TLSKey    string   `yaml:"tlsKey" json:"tlsKey"`
 }

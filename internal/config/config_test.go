@@ -305,6 +305,8 @@ components:
 		{"http listen", minimal + "http: {listen: localhost}\n", []string{"http.listen", "host:port"}},
 		{"http listen port", minimal + "http: {listen: ':99999'}\n", []string{"http.listen", "port"}},
 		{"http host", minimal + "http: {hosts: [ok.example, 'a/b']}\n", []string{"http.hosts[1]"}},
+		{"http origin", minimal + "http: {origins: ['https://ui.example:8443', 'ui.example', 'https://ui.example/path', 'null']}\n",
+			[]string{"http.origins[1]", "http.origins[2]", "http.origins[3]", "not an origin"}},
 		{"log level", minimal + "log: {level: verbose}\n", []string{"log.level", `"verbose"`, "debug, info, warn, error"}},
 		{"log format", minimal + "log: {format: xml}\n", []string{"log.format", `"xml"`}},
 		{"paths root relative", minimal + "paths: {root: host}\n", []string{"paths.root", "absolute"}},

@@ -224,6 +224,13 @@ func (o *Options) validateHTTP(v *validator) {
 			v.add(fmt.Sprintf("http.hosts[%d]", i), fmt.Sprintf("%q is not a host name", host))
 		}
 	}
+	for i, o := range h.Origins {
+		u, err := url.Parse(o)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.User != nil ||
+			(u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" {
+			v.add(fmt.Sprintf("http.origins[%d]", i), fmt.Sprintf("%q is not an origin: want http(s)://host[:port]", o))
+		}
+	}
 	v.pair("http.tlsCert", h.TLSCert, "http.tlsKey", h.TLSKey)
 }
 
