@@ -31,7 +31,7 @@ for c in qx-node qx-console; do
 	echo "0.0.6" >"$DEMO/src/$c/VERSION"
 done
 # A 16 MiB system image, compressible like a root filesystem.
-for i in $(seq 1 200000); do echo "quantix root filesystem block $i"; done | head -c $((16 << 20)) >"$DEMO/quantix-os-0.0.6.img"
+awk 'BEGIN { for (i = 1; i <= 600000; i++) print "quantix root filesystem block " i }' | head -c $((16 << 20)) >"$DEMO/quantix-os-0.0.6.img"
 "$BIN/vdc-sim" release --repo "$DEMO/repo" --key "$DEMO/keys/update.key" --channel dev --version 0.0.6 \
 	--notes "Demo release 0.0.6" --component qx-node="$DEMO/src/qx-node" --component qx-console="$DEMO/src/qx-console" \
 	--image "$DEMO/quantix-os-0.0.6.img"
