@@ -31,7 +31,9 @@ for c in qx-node qx-console; do
 	echo "0.0.6" >"$DEMO/src/$c/VERSION"
 done
 # A 16 MiB system image, compressible like a root filesystem.
-awk 'BEGIN { for (i = 1; i <= 600000; i++) print "quantix root filesystem block " i }' | head -c $((16 << 20)) >"$DEMO/quantix-os-0.0.6.img"
+# (awk stops by itself: a head cutting the pipe would fail the script under pipefail)
+awk -v n=$((16 << 20)) 'BEGIN { for (i = 1; s < n; i++) { l = "quantix root filesystem block " i "\n"; s += length(l); printf "%s", l } }' >"$DEMO/quantix-os-0.0.6.img"
+truncate -s $((16 << 20)) "$DEMO/quantix-os-0.0.6.img"
 "$BIN/vdc-sim" release --repo "$DEMO/repo" --key "$DEMO/keys/update.key" --channel dev --version 0.0.6 \
 	--notes "Demo release 0.0.6" --component qx-node="$DEMO/src/qx-node" --component qx-console="$DEMO/src/qx-console" \
 	--image "$DEMO/quantix-os-0.0.6.img"
