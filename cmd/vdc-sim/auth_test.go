@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -79,17 +78,11 @@ func TestNATSAuthFlags(t *testing.T) {
 	}
 
 	// serve provisions and coordinates on the server as user vdc.
-	var logs syncBuffer
-	srv := exec.Command(bin, "serve", "--repo", dir, "--http", "127.0.0.1:0", "--nats-url", url,
+	srv := startServe(t, "--repo", dir, "--http", "127.0.0.1:0", "--nats-url", url,
 		"--user", "vdc", "--password-file", passFile, "--events-max-age", "48h")
-	srv.Stdout, srv.Stderr = &logs, &logs
-	if err := srv.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { srv.Process.Kill(); srv.Wait() })
-	waitFor(t, "serve to use the server", func() bool { return strings.Contains(logs.String(), "using nats server") })
-	if strings.Contains(logs.String(), "s3cret") {
-		t.Errorf("serve logs the password:\n%s", logs.String())
+	srv.waitLog(t, "using nats server")
+	if strings.Contains(srv.logs.String(), "s3cret") {
+		t.Errorf("serve logs the password")
 	}
 	nc, err := nats.Connect(url, nats.UserInfo("vdc", "s3cret"))
 	if err != nil {
@@ -107,6 +100,7 @@ func TestNATSAuthFlags(t *testing.T) {
 	if age := st.CachedInfo().Config.MaxAge; age != 48*time.Hour {
 		t.Errorf("QX_EVENTS max age %s, want --events-max-age 48h", age)
 	}
+	srv.stop(t)
 
 	// The embedded server has no users: credentials for it are a mistake.
 	_, errOut, code := vdcSim(t, "serve", "--repo", dir, "--http", "127.0.0.1:0", "--nats-listen", "127.0.0.1:0",

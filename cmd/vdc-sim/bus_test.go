@@ -294,30 +294,8 @@ func TestBusServe(t *testing.T) {
 	mustRun(t, "release", "--repo", repo, "--key", filepath.Join(keys, "update.key"), "--channel", "dev", "--version", "0.0.6",
 		"--component", "qx-node="+filepath.Join(dir, "src"))
 
-	var logs syncBuffer
-	srv := exec.Command(bin, "serve", "--repo", repo, "--http", "127.0.0.1:0", "--nats-listen", "127.0.0.1:0", "--store", filepath.Join(dir, "nats"))
-	srv.Stdout, srv.Stderr = &logs, &logs
-	if err := srv.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- srv.Wait() }()
-	t.Cleanup(func() {
-		srv.Process.Kill()
-		<-exited
-	})
-	natsRE := regexp.MustCompile(`nats listening on (nats://127\.0\.0\.1:[0-9]+)\s`)
-	httpRE := regexp.MustCompile(`update server listening on (http://127\.0\.0\.1:[0-9]+)\s`)
-	var natsURL, base string
-	waitFor(t, "the listening addresses", func() bool {
-		if m := natsRE.FindStringSubmatch(logs.String()); m != nil {
-			natsURL = m[1]
-		}
-		if m := httpRE.FindStringSubmatch(logs.String()); m != nil {
-			base = m[1]
-		}
-		return natsURL != "" && base != ""
-	})
+	srv := startServe(t, "--repo", repo, "--http", "127.0.0.1:0", "--nats-listen", "127.0.0.1:0", "--store", filepath.Join(dir, "nats"))
+	natsURL, base := srv.natsURL(t), srv.httpURL(t)
 
 	// serve provisioned the bus: a node can report into it, and vDC's REST side sees it.
 	n := (&busNode{id: "s1", version: "0.0.5", outcome: subjects.EventCompleted}).start(t, natsURL)
@@ -340,23 +318,10 @@ func TestBusServe(t *testing.T) {
 		t.Errorf("POST apply = %d %s", resp.StatusCode, body)
 	}
 	// serve logs the events the operation produced.
-	waitFor(t, "serve to log the completed event", func() bool {
-		return strings.Contains(logs.String(), "update event") && strings.Contains(logs.String(), "type=completed")
-	})
+	srv.waitLog(t, "update event")
+	srv.waitLog(t, "type=completed")
 	n.wg.Wait()
-
-	if err := srv.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case err := <-exited:
-		exited <- err // for the cleanup
-		if err != nil {
-			t.Errorf("serve exited with %v\n%s", err, logs.String())
-		}
-	case <-time.After(15 * time.Second):
-		t.Fatalf("serve did not stop\n%s", logs.String())
-	}
+	srv.stop(t)
 }
 
 func TestFollowTerminal(t *testing.T) {

@@ -96,6 +96,118 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
+// serveProc is a running `vdc-sim serve`; logs collects its stdout and stderr.
+type serveProc struct {
+	cmd    *exec.Cmd
+	logs   syncBuffer
+	exited chan struct{} // closed when the process has exited; err is set then
+	err    error
+}
+
+// startServe starts `vdc-sim serve args...`. When the test ends it kills
+// the process if it still runs, and shows its log if the test failed, so
+// every failure comes with what serve said.
+func startServe(t *testing.T, args ...string) *serveProc {
+	t.Helper()
+	s := &serveProc{cmd: exec.Command(bin, append([]string{"serve"}, args...)...), exited: make(chan struct{})}
+	s.cmd.Stdout, s.cmd.Stderr = &s.logs, &s.logs
+	if err := s.cmd.Start(); err != nil {
+		t.Fatalf("start vdc-sim serve: %v", err)
+	}
+	go func() { s.err = s.cmd.Wait(); close(s.exited) }()
+	t.Cleanup(func() {
+		select {
+		case <-s.exited:
+		default:
+			s.cmd.Process.Kill()
+			<-s.exited
+		}
+		if t.Failed() {
+			t.Logf("vdc-sim serve %s log:\n%s", strings.Join(args, " "), s.logs.String())
+		}
+	})
+	return s
+}
+
+// waitLog waits until serve's log contains substr.
+func (s *serveProc) waitLog(t *testing.T, substr string) {
+	t.Helper()
+	s.waitUntil(t, fmt.Sprintf("serve to log %q", substr), func(log string) bool { return strings.Contains(log, substr) })
+}
+
+// natsURL waits for "nats listening on URL" and returns the URL.
+func (s *serveProc) natsURL(t *testing.T) string {
+	t.Helper()
+	return s.listenURL(t, "nats listening on", regexp.MustCompile(`nats listening on (nats://127\.0\.0\.1:[0-9]+)\s`))
+}
+
+// httpURL waits for "update server listening on URL" and returns the URL.
+func (s *serveProc) httpURL(t *testing.T) string {
+	t.Helper()
+	return s.listenURL(t, "update server listening on", regexp.MustCompile(`update server listening on (http://127\.0\.0\.1:[0-9]+)\s`))
+}
+
+// listenURL waits for the log to match re and returns its first group: a
+// URL that must name the real port, not the :0 serve was given.
+func (s *serveProc) listenURL(t *testing.T, line string, re *regexp.Regexp) string {
+	t.Helper()
+	var url string
+	s.waitUntil(t, fmt.Sprintf("serve to log %q with a 127.0.0.1 URL", line), func(log string) bool {
+		if m := re.FindStringSubmatch(log); m != nil {
+			url = m[1]
+		}
+		return url != ""
+	})
+	if strings.HasSuffix(url, ":0") {
+		t.Fatalf("serve printed port 0: %s", url)
+	}
+	return url
+}
+
+// waitUntil waits until cond holds for serve's log. It fails at once if
+// serve exits first, rather than when waitFor gives up.
+func (s *serveProc) waitUntil(t *testing.T, what string, cond func(log string) bool) {
+	t.Helper()
+	waitFor(t, what, func() bool {
+		t.Helper() // report a Fatalf below at the test's line
+		exited := false
+		select {
+		case <-s.exited: // the log is complete: Wait returns after copying it
+			exited = true
+		default:
+		}
+		if cond(s.logs.String()) {
+			return true
+		}
+		if exited {
+			t.Fatalf("serve exited (%v) while waiting for %s", s.err, what)
+		}
+		return false
+	})
+}
+
+// stop sends SIGTERM and waits up to 15 s for serve to exit, which it must
+// do with status 0.
+func (s *serveProc) stop(t *testing.T) {
+	t.Helper()
+	select {
+	case <-s.exited:
+		t.Fatalf("serve exited (%v) before it was sent SIGTERM", s.err)
+	default:
+	}
+	if err := s.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatalf("SIGTERM serve: %v", err)
+	}
+	select {
+	case <-s.exited:
+		if s.err != nil {
+			t.Errorf("serve exited with %v after SIGTERM", s.err)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatalf("serve did not stop within 15s of SIGTERM")
+	}
+}
+
 func writeFile(t *testing.T, p, data string) {
 	t.Helper()
 	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
@@ -181,34 +293,8 @@ func TestKeygenReleaseServe(t *testing.T) {
 	}
 
 	// serve on a free port; the address comes from its log.
-	var logs syncBuffer
-	srv := exec.Command(bin, "serve", "--repo", repo, "--http", "127.0.0.1:0", "--nats-listen", "127.0.0.1:0")
-	srv.Stdout, srv.Stderr = &logs, &logs
-	if err := srv.Start(); err != nil {
-		t.Fatal(err)
-	}
-	var waitErr error
-	exited := make(chan struct{})
-	go func() { waitErr = srv.Wait(); close(exited) }()
-	t.Cleanup(func() {
-		select {
-		case <-exited:
-		default:
-			srv.Process.Kill()
-			<-exited
-		}
-	})
-	addrRE := regexp.MustCompile(`update server listening on (http://127\.0\.0\.1:[0-9]+)\s`)
-	var base string
-	waitFor(t, "the listening address", func() bool {
-		if m := addrRE.FindStringSubmatch(logs.String()); m != nil {
-			base = m[1]
-		}
-		return base != ""
-	})
-	if strings.HasSuffix(base, ":0") {
-		t.Fatalf("serve printed port 0: %s", base)
-	}
+	srv := startServe(t, "--repo", repo, "--http", "127.0.0.1:0", "--nats-listen", "127.0.0.1:0")
+	base := srv.httpURL(t)
 
 	resp, err := http.Get(base + "/api/v1/quantix-os/manifest/signed?channel=dev")
 	if err != nil {
@@ -237,18 +323,8 @@ func TestKeygenReleaseServe(t *testing.T) {
 	}
 
 	// SIGTERM shuts it down cleanly.
-	if err := srv.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-exited:
-		if waitErr != nil {
-			t.Errorf("serve exited with %v after SIGTERM\n%s", waitErr, logs.String())
-		}
-	case <-time.After(20 * time.Second):
-		t.Fatalf("serve did not stop after SIGTERM\n%s", logs.String())
-	}
-	if !strings.Contains(logs.String(), "update server stopped") {
-		t.Errorf("no shutdown log:\n%s", logs.String())
+	srv.stop(t)
+	if !strings.Contains(srv.logs.String(), "update server stopped") {
+		t.Errorf("no shutdown log: serve did not log %q", "update server stopped")
 	}
 }

@@ -2,12 +2,9 @@ package main
 
 import (
 	"encoding/json"
-	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -22,27 +19,9 @@ import (
 // node's window when vDC cancels its update.
 func TestServeCoordinator(t *testing.T) {
 	dir := t.TempDir()
-	var logs syncBuffer
-	srv := exec.Command(bin, "serve", "--repo", dir, "--http", "127.0.0.1:0", "--nats-listen", "127.0.0.1:0",
+	srv := startServe(t, "--repo", dir, "--http", "127.0.0.1:0", "--nats-listen", "127.0.0.1:0",
 		"--store", filepath.Join(dir, "nats"), "--vms-per-node", "2", "--drain-interval", "20ms", "--max-unavailable", "1")
-	srv.Stdout, srv.Stderr = &logs, &logs
-	if err := srv.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- srv.Wait() }()
-	t.Cleanup(func() {
-		srv.Process.Kill()
-		<-exited
-	})
-	natsRE := regexp.MustCompile(`nats listening on (nats://127\.0\.0\.1:[0-9]+)\s`)
-	var url string
-	waitFor(t, "nats listening", func() bool {
-		if m := natsRE.FindStringSubmatch(logs.String()); m != nil {
-			url = m[1]
-		}
-		return url != ""
-	})
+	url := srv.natsURL(t)
 	nc, err := nats.Connect(url)
 	if err != nil {
 		t.Fatal(err)
@@ -115,23 +94,11 @@ func TestServeCoordinator(t *testing.T) {
 	}
 	waitFor(t, "m2 cancelled", func() bool { return latest("m2") == subjects.MaintenanceCancelled })
 	for _, want := range []string{"maintenance coordinator running", "state=draining", "state=released", "reason=completed", "state=cancelled"} {
-		if !strings.Contains(logs.String(), want) {
+		if !strings.Contains(srv.logs.String(), want) {
 			t.Errorf("serve log lacks %q", want)
 		}
 	}
-
-	if err := srv.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case err := <-exited:
-		exited <- err // for the cleanup
-		if err != nil {
-			t.Errorf("serve exited with %v\n%s", err, logs.String())
-		}
-	case <-time.After(15 * time.Second):
-		t.Fatalf("serve did not stop\n%s", logs.String())
-	}
+	srv.stop(t)
 }
 
 func TestServeCoordinatorFlags(t *testing.T) {
