@@ -215,7 +215,11 @@ func (e *Engine) acquireMaintenance(ctx context.Context, op *journal.Operation) 
 	if cause := context.Cause(mctx); mctx.Err() != nil && ctx.Err() == nil {
 		err = cause
 	}
-	err = e.stopped(ctx, fmt.Errorf("maintenance: %w", err))
+	if !strings.HasPrefix(err.Error(), "maintenance") {
+		// The message leads with what failed (metrics count by it).
+		err = fmt.Errorf("maintenance: %w", err)
+	}
+	err = e.stopped(ctx, err)
 	outcome := string(subjects.EventFailed)
 	var ce errCancelled
 	if errors.As(err, &ce) {
