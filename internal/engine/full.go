@@ -205,7 +205,9 @@ func (e *Engine) acquireMaintenance(ctx context.Context, op *journal.Operation) 
 		if ev.Reason != "" {
 			msg += ": " + ev.Reason
 		}
-		e.emit(subjects.UpdateEvent{Type: subjects.EventStatus, OperationID: op.ID, Status: subjects.StatusDownloading, Version: op.Version, Message: msg})
+		// The image is downloaded and verified by now: waiting for the
+		// drain is the first step of applying it.
+		e.emit(subjects.UpdateEvent{Type: subjects.EventStatus, OperationID: op.ID, Status: subjects.StatusApplying, Version: op.Version, Message: msg})
 	}
 	ev, err := e.maint.Acquire(mctx, req, onEvent)
 	if err == nil {

@@ -341,3 +341,24 @@ func TestFullUpdateKilledDuringImageWrite(t *testing.T) {
 		t.Fatalf("event %+v", ev)
 	}
 }
+
+// While vDC drains the host the image is already downloaded and verified:
+// the status says the update is being applied, and why it waits.
+func TestFullUpdateStatusWhileDraining(t *testing.T) {
+	var a *abHost
+	var during subjects.StatusReport
+	maint := &fakeMaint{acquire: func(ctx context.Context, req subjects.MaintenanceRequest, onEvent func(subjects.MaintenanceEvent)) (subjects.MaintenanceEvent, error) {
+		one := 1
+		onEvent(subjects.MaintenanceEvent{MaintenanceID: "m-1", NodeID: req.NodeID, State: subjects.MaintenanceDraining, VMsRemaining: &one})
+		during = a.eng.Status()
+		return subjects.MaintenanceEvent{MaintenanceID: "m-1", NodeID: req.NodeID, State: subjects.MaintenanceReady}, nil
+	}}
+	a = newABHost(t, maint)
+	if _, err := a.eng.Apply(context.Background(), subjects.ApplyCommand{OperationID: "full-drain", ForceReboot: false}); err != nil {
+		t.Fatal(err)
+	}
+	a.waitStatus(subjects.StatusRebootRequired)
+	if during.Status != subjects.StatusApplying || during.Message != "maintenance draining (1 VMs remaining)" {
+		t.Errorf("status while draining = %q %q, want applying with the drain's state", during.Status, during.Message)
+	}
+}
