@@ -300,9 +300,11 @@ func TestFaultServerAnswers(t *testing.T) {
 }
 
 // TestFaultDiskFull: the state dir sits on a 2 MiB tmpfs and the release
-// does not fit. The update ends in an error naming the full disk, the
-// installed files are intact, the agent still answers, the space is given
-// back, and the next apply is not blocked by the failed one.
+// does not fit. The update ends, before it downloads a byte, in an error
+// naming the full disk (a disk that fills up during the download is
+// internal/engine's TestDiskFillsDuringDownload), the installed files are
+// intact, the agent still answers, and the next apply is not blocked by the
+// failed one.
 func TestFaultDiskFull(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Fatal("TestFaultDiskFull mounts a tmpfs as the state dir: run it as root (CI does)")
@@ -325,7 +327,7 @@ func TestFaultDiskFull(t *testing.T) {
 
 	for i := range 2 {
 		st := h.applyAndWait(t)
-		wantMessage(t, st, "error", "download qx-node", "no space left on device")
+		wantMessage(t, st, "error", "disk space on "+state, "not enough free space")
 		if _, st := h.do(t, "GET", "/api/v1/updates/status", "", nil); st["status"] != "error" {
 			t.Errorf("status after the failure: %v", st)
 		}

@@ -43,6 +43,10 @@ func (e *Engine) runComponents(ctx context.Context, op *journal.Operation, m *ma
 			done += mc.Size
 		}
 	}
+	// Nothing is written before the disks are known to have room.
+	if err := e.checkSpace(componentNeeds(op, m)); err != nil {
+		return err
+	}
 	e.emit(subjects.UpdateEvent{Type: subjects.EventStatus, OperationID: op.ID, Status: subjects.StatusDownloading, Version: op.Version,
 		Message: fmt.Sprintf("downloading version %s (%d components)", op.Version, len(op.Components))})
 

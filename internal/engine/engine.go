@@ -71,6 +71,9 @@ type Options struct {
 	Now          func() time.Time
 	// AB enables full-system updates; nil: components only.
 	AB *AB
+	// FreeSpace measures the file systems an update writes to before it
+	// starts (see checkSpace); nil: statfs(2).
+	FreeSpace FreeSpace
 	// Hooks, for tests: called with a point name at every durable step.
 	Failpoint func(name string)
 }
@@ -155,6 +158,9 @@ func New(opts Options) (*Engine, error) {
 	}
 	if opts.Channel == "" {
 		opts.Channel = "dev"
+	}
+	if opts.FreeSpace == nil {
+		opts.FreeSpace = statFS
 	}
 	if opts.Failpoint == nil {
 		opts.Failpoint = func(string) {}

@@ -73,6 +73,9 @@ func (e *Engine) runFull(ctx context.Context, op *journal.Operation, m *manifest
 	img := m.Image
 	dl := filepath.Join(e.opts.StateDir, "downloads", op.Version, path.Base(img.Artifact))
 	if op.Phase == journal.PhaseDownloading {
+		if err := e.checkSpace([]need{{filepath.Dir(dl), img.Size - partSize(dl)}}); err != nil {
+			return err
+		}
 		e.emit(subjects.UpdateEvent{Type: subjects.EventStatus, OperationID: op.ID, Status: subjects.StatusDownloading, Version: op.Version,
 			Message: "downloading system image " + op.Version})
 		if err := os.MkdirAll(filepath.Dir(dl), 0o700); err != nil {

@@ -50,10 +50,11 @@ const (
 	CauseHealth      = "health"
 	CauseRestart     = "restart"
 	CauseMaintenance = "maintenance"
+	CauseDiskSpace   = "disk_space"
 	CauseOther       = "other"
 )
 
-var causes = []string{CauseChecksum, CauseSize, CauseDownload, CauseArchive, CauseHealth, CauseRestart, CauseMaintenance, CauseOther}
+var causes = []string{CauseChecksum, CauseSize, CauseDownload, CauseArchive, CauseHealth, CauseRestart, CauseMaintenance, CauseDiskSpace, CauseOther}
 
 var statuses = []subjects.Status{
 	subjects.StatusIdle, subjects.StatusChecking, subjects.StatusUpToDate, subjects.StatusAvailable,
@@ -235,6 +236,8 @@ func cause(msg string) string {
 		return CauseDownload
 	case strings.HasPrefix(m, "maintenance"):
 		return CauseMaintenance
+	case strings.HasPrefix(m, "disk space "):
+		return CauseDiskSpace
 	case strings.Contains(m, "health check ") || strings.HasPrefix(m, "slot ") && strings.Contains(m, "unhealthy") ||
 		strings.HasPrefix(m, "trial boot "):
 		return CauseHealth

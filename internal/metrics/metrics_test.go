@@ -361,6 +361,7 @@ func TestCause(t *testing.T) {
 		{"download qx-node: transfer stalled", CauseDownload},
 		{"download qx-node: GET /x: 404 not found", CauseDownload},
 		{"maintenance not ready after 10m0s", CauseMaintenance},
+		{"disk space on /var/lib/quantix: the update needs 1.0 MiB there and keeps 256.0 MiB free, but 3.0 MiB is free: not enough free space", CauseDiskSpace},
 		{"maintenance: request maintenance: no responders", CauseMaintenance},
 		{"rolled back: install qx-node: health check qx-node failed: exit status 3: down", CauseHealth},
 		{"rolled back: slot b booted but is unhealthy: exit status 1", CauseHealth},
