@@ -499,7 +499,7 @@ func TestRolloutMixedFleet(t *testing.T) {
 	var stdout bytes.Buffer
 	ro := &proc{cmd: exec.Command(filepath.Join(binDir, "vdc-sim"), "rollout", "--version", "0.0.6", "--max-unavailable", "2",
 		"--force-reboot", "--json", "--nats-url", s.nats), done: make(chan struct{})}
-	ro.cmd.Stdout, ro.cmd.Stderr = &stdout, ro
+	ro.cmd.Stdout, ro.cmd.Stderr = &stdout, &ro.out
 	if err := ro.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

@@ -281,7 +281,7 @@ func (h *crashHost) startFailpoint(t *testing.T, bin, point string, waitHTTP boo
 	t.Helper()
 	p := &proc{cmd: exec.Command(filepath.Join(binDir, bin), "--config", h.cfg), done: make(chan struct{})}
 	p.cmd.Env = append(os.Environ(), "QX_FAILPOINT="+point)
-	p.cmd.Stdout, p.cmd.Stderr = p, p
+	p.cmd.Stdout, p.cmd.Stderr = &p.out, &p.out
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

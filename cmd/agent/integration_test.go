@@ -11,9 +11,10 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/quantix-os/update-agent/internal/qxtest"
 )
 
 // The integration tests build the real binaries once and drive them as an
@@ -42,27 +43,16 @@ func TestMain(m *testing.M) {
 // proc is a running binary whose output is kept and searchable.
 type proc struct {
 	cmd  *exec.Cmd
-	mu   sync.Mutex
-	out  bytes.Buffer
+	out  qxtest.SyncBuffer // what it wrote to stdout and stderr
 	done chan struct{}
 }
 
-func (p *proc) Write(b []byte) (int, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.out.Write(b)
-}
-
-func (p *proc) output() string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.out.String()
-}
+func (p *proc) output() string { return p.out.String() }
 
 func start(t *testing.T, name string, args ...string) *proc {
 	t.Helper()
 	p := &proc{cmd: exec.Command(filepath.Join(binDir, name), args...), done: make(chan struct{})}
-	p.cmd.Stdout, p.cmd.Stderr = p, p
+	p.cmd.Stdout, p.cmd.Stderr = &p.out, &p.out
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -103,15 +93,11 @@ func runCmd(t *testing.T, name string, args ...string) string {
 	return string(out)
 }
 
+// waitFor polls cond for up to 60s: these tests wait on real agent and
+// vdc-sim processes, often several at once.
 func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(25 * time.Millisecond)
-	}
+	qxtest.WaitFor(t, 60*time.Second, what, cond)
 }
 
 func writeFile(t testing.TB, p, content string, mode os.FileMode) {

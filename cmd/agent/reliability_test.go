@@ -26,6 +26,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/quantix-os/update-agent/internal/natstest"
+	"github.com/quantix-os/update-agent/internal/qxtest"
 	"github.com/quantix-os/update-agent/subjects"
 )
 
@@ -98,12 +99,12 @@ func TestAgentConnectionCut(t *testing.T) {
 	h.waitDownloading(t)
 	stored := streamLastSeq(t, ns.ClientURL())
 	px.mute()
-	waitUntil(t, 5*time.Second, "an event stored while its ack is lost", func() bool {
+	qxtest.WaitFor(t, 5*time.Second, "an event stored while its ack is lost", func() bool {
 		return streamLastSeq(t, ns.ClientURL()) > stored
 	})
 	down := time.Now()
 	px.cut()
-	waitUntil(t, stepTimeout, "the server to lose the agent's connection", func() bool {
+	qxtest.WaitFor(t, stepTimeout, "the server to lose the agent's connection", func() bool {
 		return agentConn(ns, "node-1") == nil
 	})
 	h.waitProgressAdvances(t, 2)
@@ -371,18 +372,6 @@ func (p *tcpCut) accepted() int {
 	return p.n
 }
 
-// waitUntil polls cond until it holds, failing the test after timeout.
-func waitUntil(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(25 * time.Millisecond)
-	}
-}
-
 // agentConn returns node's agent connection on srv, or nil.
 func agentConn(srv *server.Server, node string) *server.ConnInfo {
 	if !srv.Running() {
@@ -405,7 +394,7 @@ func agentConn(srv *server.Server, node string) *server.ConnInfo {
 func waitAgentOn(t *testing.T, node string, servers ...*server.Server) *server.ConnInfo {
 	t.Helper()
 	var ci *server.ConnInfo
-	waitUntil(t, stepTimeout, node+"'s agent on the bus", func() bool {
+	qxtest.WaitFor(t, stepTimeout, node+"'s agent on the bus", func() bool {
 		for _, srv := range servers {
 			if c := agentConn(srv, node); c != nil && c.NumSubs > 0 {
 				ci = c
@@ -438,7 +427,7 @@ func (h *host) downloaded(t *testing.T) (string, int64) {
 
 func (h *host) waitDownloading(t *testing.T) {
 	t.Helper()
-	waitUntil(t, stepTimeout, "status downloading", func() bool {
+	qxtest.WaitFor(t, stepTimeout, "status downloading", func() bool {
 		st, _ := h.downloaded(t)
 		if st == "error" || st == "complete" {
 			t.Fatalf("status %s before the download was seen", st)
@@ -453,7 +442,7 @@ func (h *host) waitProgressAdvances(t *testing.T, n int) {
 	t.Helper()
 	_, last := h.downloaded(t)
 	seen := 0
-	waitUntil(t, stepTimeout, fmt.Sprintf("%d progress steps", n), func() bool {
+	qxtest.WaitFor(t, stepTimeout, fmt.Sprintf("%d progress steps", n), func() bool {
 		st, b := h.downloaded(t)
 		if st != "downloading" {
 			t.Fatalf("status %s during the outage: the download is too fast to straddle it", st)
@@ -471,7 +460,7 @@ func (h *host) checkUpdated(t *testing.T, payload []byte) {
 	t.Helper()
 	var st map[string]any
 	// The rest of the slow download: allow for a loaded machine.
-	waitUntil(t, 30*time.Second, "status complete", func() bool {
+	qxtest.WaitFor(t, 30*time.Second, "status complete", func() bool {
 		st = h.status(t)
 		return st["status"] == "complete" || st["status"] == "error"
 	})
@@ -496,7 +485,7 @@ func waitCompletedEvents(t *testing.T, s *site, node string) []storedEvent {
 	t.Helper()
 	var evs []storedEvent
 	var lastErr error
-	waitUntil(t, stepTimeout, node+"'s completed event in the stream", func() bool {
+	qxtest.WaitFor(t, stepTimeout, node+"'s completed event in the stream", func() bool {
 		evs = nil
 		if lastErr = s.tryVDCJSON(&evs, "events", "--node", node, "--timeout", "5s"); lastErr != nil {
 			return false
@@ -671,7 +660,7 @@ func startCluster(t *testing.T) ([]*server.Server, *server.Options) {
 		}
 		servers[i] = srv
 	}
-	waitUntil(t, stepTimeout, "a JetStream meta leader", func() bool {
+	qxtest.WaitFor(t, stepTimeout, "a JetStream meta leader", func() bool {
 		leaders := 0
 		for _, srv := range servers {
 			if srv.JetStreamIsLeader() {
@@ -739,7 +728,7 @@ func placeStreamLeader(t *testing.T, urls, name string) {
 		}
 		return info.Cluster.Leader
 	}
-	waitUntil(t, stepTimeout, "stream "+subjects.Stream+" led by "+name, func() bool {
+	qxtest.WaitFor(t, stepTimeout, "stream "+subjects.Stream+" led by "+name, func() bool {
 		switch leader() {
 		case name:
 			return true

@@ -20,6 +20,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/quantix-os/update-agent/internal/natstest"
+	"github.com/quantix-os/update-agent/internal/qxtest"
 	"github.com/quantix-os/update-agent/internal/vdc"
 	"github.com/quantix-os/update-agent/subjects"
 )
@@ -244,7 +245,7 @@ func TestBusWatch(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var stderr syncBuffer
+	var stderr qxtest.SyncBuffer
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -12,12 +12,12 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/quantix-os/update-agent/internal/manifest"
+	"github.com/quantix-os/update-agent/internal/qxtest"
 )
 
 // bin is the vdc-sim binary, built once for all tests.
@@ -67,39 +67,17 @@ func mustRun(t *testing.T, args ...string) string {
 	return out
 }
 
-// syncBuffer collects a running process's output.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
+// waitFor polls cond for up to 20s: long enough for a child process to start
+// on a busy machine.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	qxtest.WaitFor(t, 20*time.Second, what, cond)
 }
 
 // serveProc is a running `vdc-sim serve`; logs collects its stdout and stderr.
 type serveProc struct {
 	cmd    *exec.Cmd
-	logs   syncBuffer
+	logs   qxtest.SyncBuffer
 	exited chan struct{} // closed when the process has exited; err is set then
 	err    error
 }

@@ -23,6 +23,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/quantix-os/update-agent/internal/qxtest"
 	"github.com/quantix-os/update-agent/subjects"
 )
 
@@ -59,7 +60,7 @@ func TestEventStream(t *testing.T) {
 		t.Fatalf("first event %+v", first)
 	}
 
-	waitFor(t, "a subscriber", 5*time.Second, func() bool { return h.f.subscribers() == 1 })
+	qxtest.WaitFor(t, 5*time.Second, "a subscriber", func() bool { return h.f.subscribers() == 1 })
 	pct := 40
 	h.f.emit(subjects.UpdateEvent{ID: "e7", NodeID: "node-a", Seq: 7, Type: subjects.EventProgress, OperationID: "op-1",
 		Status: subjects.StatusDownloading, Progress: &pct, Message: "line one\nline two"})
@@ -86,7 +87,7 @@ func TestEventStream(t *testing.T) {
 	}
 
 	cancel()
-	waitFor(t, "the subscription to end", 5*time.Second, func() bool { return h.f.subscribers() == 0 })
+	qxtest.WaitFor(t, 5*time.Second, "the subscription to end", func() bool { return h.f.subscribers() == 0 })
 }
 
 func TestEventStreamHeartbeat(t *testing.T) {
@@ -130,7 +131,7 @@ func TestServeShutdownWithOpenStream(t *testing.T) {
 	if ev, err := readEvent(rd); err != nil || ev.event != "status" {
 		t.Fatalf("first event %+v %v", ev, err)
 	}
-	waitFor(t, "a subscriber", 5*time.Second, func() bool { return f.subscribers() == 1 })
+	qxtest.WaitFor(t, 5*time.Second, "a subscriber", func() bool { return f.subscribers() == 1 })
 
 	start := time.Now()
 	stop()

@@ -18,6 +18,7 @@ import (
 	"github.com/quantix-os/update-agent/internal/bus"
 	"github.com/quantix-os/update-agent/internal/journal"
 	"github.com/quantix-os/update-agent/internal/natstest"
+	"github.com/quantix-os/update-agent/internal/qxtest"
 	"github.com/quantix-os/update-agent/subjects"
 )
 
@@ -51,7 +52,7 @@ func TestPublish(t *testing.T) {
 	natstest.Provision(t, s.ClientURL())
 	_, js := client(t, s.ClientURL())
 	c := connect(t, s.ClientURL(), "node-a")
-	waitFor(t, 5*time.Second, "the connection", c.NATS().IsConnected)
+	qxtest.WaitFor(t, 5*time.Second, "the connection", c.NATS().IsConnected)
 
 	tests := []struct {
 		p       journal.Pending
@@ -92,7 +93,7 @@ func TestPublish(t *testing.T) {
 func TestPublishWithoutStream(t *testing.T) {
 	s := natstest.Start(t) // not provisioned
 	c := connect(t, s.ClientURL(), "node-a")
-	waitFor(t, 5*time.Second, "the connection", c.NATS().IsConnected)
+	qxtest.WaitFor(t, 5*time.Second, "the connection", c.NATS().IsConnected)
 	err := publish(c, pending(1, false))
 	if err == nil || !strings.Contains(err.Error(), subjects.UpdateEvents("node-a")) {
 		t.Errorf("Publish with no stream: %v, want an error naming the subject", err)
@@ -121,7 +122,7 @@ func TestConnectBeforeServer(t *testing.T) {
 	}
 	// The first put failed (no server, then no bucket); a retry stores it.
 	kv := bucket(t, js)
-	waitFor(t, 8*time.Second, "the NodeState", func() bool {
+	qxtest.WaitFor(t, 8*time.Second, "the NodeState", func() bool {
 		_, _, ok := nodeState(t, kv, "node-a")
 		return ok
 	})
@@ -138,7 +139,7 @@ func TestServerRestart(t *testing.T) {
 	nc, js := client(t, s.ClientURL(), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
 	request(t, nc, subjects.UpdateStatus("node-a"), nil)
 	var rev uint64
-	waitFor(t, 5*time.Second, "the NodeState", func() bool {
+	qxtest.WaitFor(t, 5*time.Second, "the NodeState", func() bool {
 		var ok bool
 		_, rev, ok = nodeState(t, bucket(t, js), "node-a")
 		return ok
@@ -149,19 +150,19 @@ func TestServerRestart(t *testing.T) {
 
 	s.Shutdown()
 	s.WaitForShutdown()
-	waitFor(t, 5*time.Second, "the disconnect", func() bool { return !c.NATS().IsConnected() })
+	qxtest.WaitFor(t, 5*time.Second, "the disconnect", func() bool { return !c.NATS().IsConnected() })
 	if err := publish(c, pending(2, false)); err == nil {
 		t.Fatal("Publish succeeded with the server down")
 	}
 
 	natstest.Restart(t, s)
-	waitFor(t, 8*time.Second, "Publish after the restart", func() bool { return publish(c, pending(2, false)) == nil })
+	qxtest.WaitFor(t, 8*time.Second, "Publish after the restart", func() bool { return publish(c, pending(2, false)) == nil })
 	m := request(t, nc, subjects.UpdateStatus("node-a"), nil)
 	if r := decode[subjects.StatusReport](t, m.Data); r.NodeID != "node-a" {
 		t.Errorf("status after restart = %+v", r)
 	}
 	// The NodeState is put again after the reconnect.
-	waitFor(t, 5*time.Second, "the NodeState put after the reconnect", func() bool {
+	qxtest.WaitFor(t, 5*time.Second, "the NodeState put after the reconnect", func() bool {
 		_, r, _ := nodeState(t, bucket(t, js), "node-a")
 		return r > rev
 	})
@@ -200,7 +201,7 @@ func TestNodePermissions(t *testing.T) {
 		t.Errorf("fleet reply = %+v", r)
 	}
 	kv := bucket(t, js)
-	waitFor(t, 5*time.Second, "the NodeState", func() bool {
+	qxtest.WaitFor(t, 5*time.Second, "the NodeState", func() bool {
 		_, _, ok := nodeState(t, kv, node)
 		return ok
 	})

@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/quantix-os/update-agent/internal/bus"
+	"github.com/quantix-os/update-agent/internal/qxtest"
 	"github.com/quantix-os/update-agent/subjects"
 )
 
@@ -142,18 +143,6 @@ func (f *fakeEngine) bootSlots() []string {
 	return append([]string(nil), f.boots...)
 }
 
-// waitFor polls cond until it holds or the timeout passes.
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // connect connects node to url and closes the connection when the test ends.
 func connect(t *testing.T, url, node string, mods ...func(*bus.Options)) *bus.Conn {
 	t.Helper()
@@ -218,7 +207,7 @@ func client(t *testing.T, url string, opts ...nats.Option) (*nats.Conn, jetstrea
 func request(t *testing.T, nc *nats.Conn, subj string, data []byte) *nats.Msg {
 	t.Helper()
 	var msg *nats.Msg
-	waitFor(t, 10*time.Second, "a reply on "+subj, func() bool {
+	qxtest.WaitFor(t, 10*time.Second, "a reply on "+subj, func() bool {
 		m, err := nc.Request(subj, data, time.Second)
 		msg = m
 		return err == nil

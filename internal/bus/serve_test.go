@@ -11,6 +11,7 @@ import (
 
 	"github.com/quantix-os/update-agent/internal/bus"
 	"github.com/quantix-os/update-agent/internal/natstest"
+	"github.com/quantix-os/update-agent/internal/qxtest"
 	"github.com/quantix-os/update-agent/subjects"
 )
 
@@ -228,7 +229,7 @@ func TestNodeState(t *testing.T) {
 
 	var st subjects.NodeState
 	var rev uint64
-	waitFor(t, 5*time.Second, "the first NodeState", func() bool {
+	qxtest.WaitFor(t, 5*time.Second, "the first NodeState", func() bool {
 		var ok bool
 		st, rev, ok = nodeState(t, kv, "node-a")
 		return ok
@@ -246,7 +247,7 @@ func TestNodeState(t *testing.T) {
 	for i := range 50 {
 		last = eng.emit(subjects.StatusDownloading, &subjects.Progress{Percentage: i * 2})
 	}
-	waitFor(t, 5*time.Second, "the NodeState of the last event", func() bool {
+	qxtest.WaitFor(t, 5*time.Second, "the NodeState of the last event", func() bool {
 		st, rev, _ = nodeState(t, kv, "node-a")
 		return st.LastSeq == last
 	})
@@ -268,12 +269,12 @@ func TestNodeStateHeartbeat(t *testing.T) {
 	serve(t, c, newFake("node-a"))
 
 	var first subjects.NodeState
-	waitFor(t, 5*time.Second, "the first NodeState", func() bool {
+	qxtest.WaitFor(t, 5*time.Second, "the first NodeState", func() bool {
 		var ok bool
 		first, _, ok = nodeState(t, kv, "node-a")
 		return ok
 	})
-	waitFor(t, 5*time.Second, "a heartbeat put", func() bool {
+	qxtest.WaitFor(t, 5*time.Second, "a heartbeat put", func() bool {
 		st, rev, _ := nodeState(t, kv, "node-a")
 		return rev >= 3 && st.UpdatedAt.After(first.UpdatedAt)
 	})
@@ -421,5 +422,5 @@ func TestOnlineWaitsForBoot(t *testing.T) {
 		t.Fatalf("announced %q before the boot was decided", b)
 	}
 	release()
-	waitFor(t, 5*time.Second, "the online event", func() bool { return len(eng.bootSlots()) == 1 })
+	qxtest.WaitFor(t, 5*time.Second, "the online event", func() bool { return len(eng.bootSlots()) == 1 })
 }

@@ -19,6 +19,7 @@ import (
 
 	"github.com/quantix-os/update-agent/internal/bus"
 	"github.com/quantix-os/update-agent/internal/natstest"
+	"github.com/quantix-os/update-agent/internal/qxtest"
 )
 
 // selfSigned makes a CA-signed certificate for 127.0.0.1 and writes the CA
@@ -73,7 +74,7 @@ func TestTLS(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			c := connect(t, s.ClientURL(), "node-a", tt.mod)
-			waitFor(t, 5*time.Second, "a TLS connection", c.NATS().IsConnected)
+			qxtest.WaitFor(t, 5*time.Second, "a TLS connection", c.NATS().IsConnected)
 			if _, err := c.NATS().TLSConnectionState(); err != nil {
 				t.Errorf("TLS state: %v", err)
 			}

@@ -23,6 +23,7 @@ import (
 	"github.com/quantix-os/update-agent/internal/fetch"
 	"github.com/quantix-os/update-agent/internal/journal"
 	"github.com/quantix-os/update-agent/internal/manifest"
+	"github.com/quantix-os/update-agent/internal/qxtest"
 	"github.com/quantix-os/update-agent/internal/release"
 	"github.com/quantix-os/update-agent/internal/updatesrv"
 	"github.com/quantix-os/update-agent/subjects"
@@ -638,15 +639,10 @@ func isClosed(ch <-chan struct{}) bool {
 	}
 }
 
+// waitFor polls cond for up to 20s, room for a slow machine under -race.
 func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	qxtest.WaitFor(t, 20*time.Second, what, cond)
 }
 
 func TestBusyAndCancel(t *testing.T) {

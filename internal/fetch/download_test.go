@@ -13,6 +13,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/quantix-os/update-agent/internal/qxtest"
 )
 
 func sha(b []byte) string {
@@ -52,7 +54,7 @@ func interrupted(t *testing.T, artifact, dst string, data []byte, etag string, n
 	ctx, cancel := context.WithCancel(t.Context())
 	errc := make(chan error, 1)
 	go func() { errc <- c.Download(ctx, artifact, dst, int64(len(data)), sha(data), nil) }()
-	waitFor(t, "the partial file", func() bool {
+	qxtest.WaitFor(t, 10*time.Second, "the partial file", func() bool {
 		st, err := os.Stat(dst + partSuffix)
 		return err == nil && st.Size() == int64(n)
 	})

@@ -48,17 +48,6 @@ func randomBytes(n int, seed uint64) []byte {
 	return b
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 // reqLog is what the test server saw of one request.
 type reqLog struct {
 	Path, Range, IfRange, IfNoneMatch, AcceptEncoding string

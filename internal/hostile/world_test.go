@@ -31,6 +31,7 @@ import (
 	"github.com/quantix-os/update-agent/internal/engine"
 	"github.com/quantix-os/update-agent/internal/fetch"
 	"github.com/quantix-os/update-agent/internal/manifest"
+	"github.com/quantix-os/update-agent/internal/qxtest"
 	"github.com/quantix-os/update-agent/internal/release"
 	"github.com/quantix-os/update-agent/internal/updatesrv"
 	"github.com/quantix-os/update-agent/subjects"
@@ -388,18 +389,6 @@ func (w *world) attempt(opID string) (msg string, refusal error) {
 	return ev.Message, nil
 }
 
-// waitFor polls cond until it holds.
-func waitFor(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // busClient connects this host's agent to the bus (real bus.Conn serving the
 // real engine) and returns vDC's connection, once the agent answers.
 func (w *world) busClient() *nats.Conn {
@@ -426,7 +415,7 @@ func (w *world) busClient() *nats.Conn {
 		w.t.Fatal(err)
 	}
 	w.t.Cleanup(nc.Close)
-	waitFor(w.t, w.node+" answering on the bus", func() bool {
+	qxtest.WaitFor(w.t, 20*time.Second, w.node+" answering on the bus", func() bool {
 		_, err := nc.Request(subjects.UpdateStatus(w.node), nil, time.Second)
 		return err == nil
 	})

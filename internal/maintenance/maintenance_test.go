@@ -1,7 +1,6 @@
 package maintenance
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -16,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go/micro"
 
 	"github.com/quantix-os/update-agent/internal/natstest"
+	"github.com/quantix-os/update-agent/internal/qxtest"
 	"github.com/quantix-os/update-agent/subjects"
 )
 
@@ -46,14 +46,14 @@ type env struct {
 	t    *testing.T
 	url  string
 	nc   *nats.Conn
-	logs *syncBuffer
+	logs *qxtest.SyncBuffer
 	c    *Client
 }
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
 	s := natstest.Start(t)
-	e := &env{t: t, url: s.ClientURL(), logs: &syncBuffer{}}
+	e := &env{t: t, url: s.ClientURL(), logs: &qxtest.SyncBuffer{}}
 	e.nc = connect(t, e.url)
 	log := slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	e.c = New(e.nc, node, log)
@@ -220,34 +220,6 @@ func show(e subjects.MaintenanceEvent) string {
 		s += "/" + string(b)
 	}
 	return s
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
 }
 
 func timeout(t *testing.T, d time.Duration) context.Context {
@@ -440,7 +412,7 @@ func TestAcquireRetry(t *testing.T) {
 		ev, err := e.c.Acquire(timeout(t, 5*time.Second), request(), nil)
 		done <- result{ev, err}
 	}()
-	waitFor(t, "two failed requests", func() bool {
+	qxtest.WaitFor(t, 5*time.Second, "two failed requests", func() bool {
 		return strings.Count(e.logs.String(), "no responders") >= 2
 	})
 	e.vdc(&fakeVDC{request: func(subjects.MaintenanceRequest) (*nats.Msg, []any) {

@@ -19,6 +19,7 @@ import (
 	"github.com/quantix-os/update-agent/internal/engine"
 	"github.com/quantix-os/update-agent/internal/fetch"
 	"github.com/quantix-os/update-agent/internal/journal"
+	"github.com/quantix-os/update-agent/internal/qxtest"
 	"github.com/quantix-os/update-agent/internal/release"
 	"github.com/quantix-os/update-agent/internal/updatesrv"
 	"github.com/quantix-os/update-agent/subjects"
@@ -183,17 +184,6 @@ func value(typ dto.MetricType, m *dto.Metric) float64 {
 	}
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 func TestUpdateMetrics(t *testing.T) {
 	h := newHost(t)
 	h.start(nil)
@@ -237,10 +227,10 @@ func TestUpdateMetrics(t *testing.T) {
 		t.Fatalf("update: %+v", ev)
 	}
 	// Run reads the events on its own goroutine.
-	waitFor(t, "the download to be counted", func() bool {
+	qxtest.WaitFor(t, 10*time.Second, "the download to be counted", func() bool {
 		return scrape(t, h.reg)["qx_update_downloaded_bytes_total"][""] == float64(reply.TotalDownloadSize)
 	})
-	waitFor(t, "the duration to be observed", func() bool {
+	qxtest.WaitFor(t, 10*time.Second, "the duration to be observed", func() bool {
 		return scrape(t, h.reg)["qx_update_install_duration_seconds"]["result=completed"] == 1
 	})
 	s = scrape(t, h.reg)
@@ -334,7 +324,7 @@ func TestFailureCausesFromRealUpdates(t *testing.T) {
 			if got := cause(ev.Message); got != tt.cause {
 				t.Errorf("cause(%q) = %s, want %s", ev.Message, got, tt.cause)
 			}
-			waitFor(t, "the failure to be counted", func() bool {
+			qxtest.WaitFor(t, 10*time.Second, "the failure to be counted", func() bool {
 				return scrape(t, h.reg)["qx_update_failures_total"]["cause="+tt.cause] == 1
 			})
 			for c, v := range scrape(t, h.reg)["qx_update_failures_total"] {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/quantix-os/update-agent/internal/maintenance"
 	"github.com/quantix-os/update-agent/internal/natstest"
+	"github.com/quantix-os/update-agent/internal/qxtest"
 	"github.com/quantix-os/update-agent/subjects"
 )
 
@@ -28,15 +29,10 @@ func startCoordinator(t *testing.T, o CoordinatorOptions) (*nats.Conn, *Coordina
 	go func() { defer close(done); c.Run(ctx) }()
 	t.Cleanup(func() { cancel(); <-done })
 	// Run subscribes asynchronously: wait until a status request is answered.
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		if _, err := nc.Request(subjects.VDCMaintenanceStatus("probe"), []byte(`{"maintenanceId":"x"}`), 200*time.Millisecond); err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("coordinator not serving")
-		}
-	}
+	qxtest.WaitFor(t, 5*time.Second, "the coordinator serving", func() bool {
+		_, err := nc.Request(subjects.VDCMaintenanceStatus("probe"), []byte(`{"maintenanceId":"x"}`), 200*time.Millisecond)
+		return err == nil
+	})
 	return nc, c
 }
 
@@ -129,10 +125,7 @@ func TestMaintenanceCancelledAndImpersonation(t *testing.T) {
 		_, err := cl.Acquire(context.Background(), subjects.MaintenanceRequest{NodeID: "node-1", TargetVersion: "1.0.0", UpdateType: subjects.UpdateTypeFull, OperationID: "op"}, nil)
 		errc <- err
 	}()
-	deadline := time.Now().Add(5 * time.Second)
-	for len(coord.States()) == 0 && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
+	qxtest.WaitFor(t, 5*time.Second, "the maintenance request", func() bool { return len(coord.States()) > 0 })
 	if !coord.Cancel("node-1", "operator said no") {
 		t.Fatal("nothing to cancel")
 	}
