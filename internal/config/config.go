@@ -101,6 +101,9 @@ type Updates struct {
 type Paths struct {
 	Root     string `yaml:"root" json:"root"`         // host root: "/" in production
 	StateDir string `yaml:"stateDir" json:"stateDir"` // "": {root}/var/lib/quantix/update
+	// MinFreeMiB is what an update must leave free on every file system it
+	// writes to (the state dir's, the install dirs'); 0 for no reserve.
+	MinFreeMiB int `yaml:"minFreeMiB" json:"minFreeMiB"`
 }
 
 // Component is where one updatable component is installed and how its
@@ -156,7 +159,7 @@ func Default() Options {
 			Retries:       5,
 			StallTimeout:  Duration(30 * time.Second),
 		},
-		Paths: Paths{Root: "/"},
+		Paths: Paths{Root: "/", MinFreeMiB: 256},
 		Services: Services{
 			RCService:      "rc-service",
 			RestartTimeout: Duration(60 * time.Second),

@@ -66,6 +66,7 @@ func TestParseMinimalGetsDefaults(t *testing.T) {
 		{"updates.retries", o.Updates.Retries, 5},
 		{"updates.stallTimeout", o.Updates.StallTimeout.D(), 30 * time.Second},
 		{"paths.root", o.Paths.Root, "/"},
+		{"paths.minFreeMiB", o.Paths.MinFreeMiB, 256},
 		{"StateDir", o.StateDir(), "/var/lib/quantix/update"},
 		{"services.rcService", o.Services.RCService, "rc-service"},
 		{"services.restartTimeout", o.Services.RestartTimeout.D(), time.Minute},
@@ -128,6 +129,7 @@ func TestLoadFull(t *testing.T) {
 		{"updates.retries", o.Updates.Retries, 0},
 		{"updates.stallTimeout", o.Updates.StallTimeout.D(), 2 * time.Minute},
 		{"StateDir", o.StateDir(), "/var/lib/qx-test"},
+		{"paths.minFreeMiB", o.Paths.MinFreeMiB, 512},
 		{"ComponentDir(qx-node)", o.ComponentDir("qx-node"), "/srv/host/opt/quantix/qx-node"},
 		{"ComponentDir(qx-ui)", o.ComponentDir("qx-ui"), "/srv/host/usr/share/quantix/ui"},
 		{"ComponentDir(unknown)", o.ComponentDir("nope"), ""},
@@ -311,6 +313,7 @@ components:
 		{"log format", minimal + "log: {format: xml}\n", []string{"log.format", `"xml"`}},
 		{"paths root relative", minimal + "paths: {root: host}\n", []string{"paths.root", "absolute"}},
 		{"paths stateDir relative", minimal + "paths: {stateDir: var/lib}\n", []string{"paths.stateDir", "absolute"}},
+		{"paths minFreeMiB negative", minimal + "paths: {minFreeMiB: -1}\n", []string{"paths.minFreeMiB", "negative"}},
 		{"every problem reported", `
 nodeId: a.b
 log: {format: xml}

@@ -130,6 +130,9 @@ func (o *Options) validateUpdates(v *validator) {
 			v.check(fmt.Sprintf("updates.publicKeys[%d]", i), err)
 		}
 	}
+	if o.Paths.MinFreeMiB < 0 {
+		v.add("paths.minFreeMiB", fmt.Sprintf("%d is negative", o.Paths.MinFreeMiB))
+	}
 	if u.Retries < 0 {
 		v.add("updates.retries", fmt.Sprintf("%d is negative", u.Retries))
 	}

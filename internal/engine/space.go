@@ -19,8 +19,8 @@ import (
 var ErrNoSpace = errors.New("not enough free space")
 
 // SpaceReserve is what an update leaves free on every file system it writes
-// to: a hypervisor's VMs, logs and the agent's journal share those disks,
-// and an update must not be what fills one.
+// to by default (Options.SpaceReserve): a hypervisor's VMs, logs and the
+// agent's journal share those disks, and an update must not be what fills one.
 const SpaceReserve = 256 << 20
 
 // FreeSpace reports the bytes an unprivileged writer may still use on the
@@ -76,10 +76,17 @@ func (e *Engine) checkSpace(needs []need) error {
 		fss = append(fss, f)
 	}
 	slices.SortFunc(fss, func(a, b *fsNeed) int { return cmp.Compare(a.path, b.path) })
+	reserve := e.opts.SpaceReserve
+	switch {
+	case reserve == 0:
+		reserve = SpaceReserve
+	case reserve < 0:
+		reserve = 0
+	}
 	for _, f := range fss {
-		if f.need+SpaceReserve > f.free {
+		if f.need+reserve > f.free {
 			return fmt.Errorf("disk space on %s: the update needs %s there and keeps %s free, but %s is free: %w",
-				f.path, mib(f.need), mib(SpaceReserve), mib(f.free), ErrNoSpace)
+				f.path, mib(f.need), mib(reserve), mib(f.free), ErrNoSpace)
 		}
 	}
 	return nil

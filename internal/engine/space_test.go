@@ -127,6 +127,34 @@ func TestFullUpdateChecksFreeSpace(t *testing.T) {
 	}
 }
 
+// The reserve is the host's to choose: none, or another size.
+func TestSpaceReserveOption(t *testing.T) {
+	tests := []struct {
+		reserve int64
+		extra   uint64 // free beyond the update's needs
+		want    string // in the failure; "" for a completed update
+	}{
+		{-1, 0, ""},
+		{1 << 20, 1<<20 - 1, "keeps 1.0 MiB free"},
+		{1 << 20, 1 << 20, ""},
+		{0, SpaceReserve - 1, "keeps 256.0 MiB free"},
+	}
+	for _, tt := range tests {
+		disks := &fakeDisks{}
+		h := newHarnessWith(t, func(h *harness) { disks.state, disks.root = h.state, h.root },
+			func(o *Options) { o.FreeSpace, o.SpaceReserve = disks.freeSpace, tt.reserve })
+		size, raw := releaseSizes(t, h)
+		disks.stateFree, disks.rootFree = uint64(size)+tt.extra, uint64(raw)+tt.extra
+		ev := h.apply(subjects.ApplyCommand{OperationID: "op-reserve"})
+		switch {
+		case tt.want == "" && ev.Type != subjects.EventCompleted:
+			t.Errorf("reserve %d, %d spare: %s %q, want completed", tt.reserve, tt.extra, ev.Type, ev.Message)
+		case tt.want != "" && (ev.Type != subjects.EventFailed || !strings.Contains(ev.Message, tt.want)):
+			t.Errorf("reserve %d, %d spare: %s %q, want failed saying %q", tt.reserve, tt.extra, ev.Type, ev.Message, tt.want)
+		}
+	}
+}
+
 func TestStatFS(t *testing.T) {
 	dir := t.TempDir()
 	free, dev, err := statFS(dir)
