@@ -12,8 +12,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -42,7 +44,7 @@ const (
 	StepPending    Step = "pending"
 	StepDownloaded Step = "downloaded"
 	StepStaged     Step = "staged"
-	StepSwapping   Step = "swapping" // about to move the old tree aside; the installed dir may be old, new or absent
+	StepSwapping   Step = "swapping" // about to swap the trees: the installed dir may be old or new (or absent, without RENAME_EXCHANGE)
 	StepSwapped    Step = "swapped"  // new tree in place, old one in the backup dir
 	StepDone       Step = "done"     // restarted and healthy
 )
@@ -237,10 +239,7 @@ func (s *Store) View(fn func(*State)) {
 func (s *Store) Update(fn func(*State) error) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	next, err := clone(s.state)
-	if err != nil {
-		return err
-	}
+	next := clone(s.state)
 	if err := fn(&next); err != nil {
 		return err
 	}
@@ -251,27 +250,54 @@ func (s *Store) Update(fn func(*State) error) error {
 	return nil
 }
 
-func clone(st State) (State, error) {
-	// A JSON round trip is the simplest deep copy that cannot miss a field.
-	b, err := json.Marshal(st)
-	if err != nil {
-		return State{}, fmt.Errorf("journal: encode: %w", err)
-	}
-	var out State
-	if err := json.Unmarshal(b, &out); err != nil {
-		return State{}, fmt.Errorf("journal: decode: %w", err)
-	}
-	if out.Serials == nil {
-		out.Serials = map[string]uint64{}
-	}
+// clone deep-copies st for Update's fn to change. It copies by hand: a JSON
+// round trip (which cannot miss a field) cost twice the write itself with a
+// long outbox. Event payloads and the journaled manifest are never changed
+// in place, so the copies share them. TestCloneCopiesEveryField fails when a
+// field of State is added without a line here.
+func clone(st State) State {
+	out := st
+	out.Versions.Components = maps.Clone(st.Versions.Components)
 	if out.Versions.Components == nil {
 		out.Versions.Components = map[string]string{}
 	}
-	return out, nil
+	out.Serials = maps.Clone(st.Serials)
+	if out.Serials == nil {
+		out.Serials = map[string]uint64{}
+	}
+	if st.Op != nil {
+		op := *st.Op
+		op.Components = slices.Clone(st.Op.Components)
+		out.Op = &op
+	}
+	out.Acks = slices.Clone(st.Acks)
+	out.History = slices.Clone(st.History)
+	for i, e := range out.History {
+		out.History[i].Components = slices.Clone(e.Components)
+	}
+	out.Outbox = slices.Clone(st.Outbox)
+	out.Settings = Settings{
+		Channel:       clonePtr(st.Settings.Channel),
+		AutoCheck:     clonePtr(st.Settings.AutoCheck),
+		AutoApply:     clonePtr(st.Settings.AutoApply),
+		CheckInterval: clonePtr(st.Settings.CheckInterval),
+	}
+	out.Releases = slices.Clone(st.Releases)
+	return out
+}
+
+func clonePtr[T any](p *T) *T {
+	if p == nil {
+		return nil
+	}
+	v := *p
+	return &v
 }
 
 func (s *Store) write(st *State) error {
-	b, err := json.MarshalIndent(st, "", " ")
+	// Compact: indenting re-scans every event payload in the outbox, and
+	// the file is for the agent (jq shows it to a person).
+	b, err := json.Marshal(st)
 	if err != nil {
 		return fmt.Errorf("journal: encode: %w", err)
 	}
