@@ -230,6 +230,8 @@ func (c *Client) Acquire(ctx context.Context, req subjects.MaintenanceRequest, o
 				c.log.Debug("event of another maintenance ignored", "maintenance", next.MaintenanceID, "want", id)
 			case err != nil:
 				c.log.Warn("bad maintenance event ignored", "maintenance", id, "err", err)
+			case behind(next, ev):
+				c.log.Debug("late maintenance event ignored", "maintenance", id, "state", next.State)
 			default:
 				ev = next
 			}
@@ -248,10 +250,30 @@ func (c *Client) Acquire(ctx context.Context, req subjects.MaintenanceRequest, o
 					c.log.Warn("bad maintenance status ignored", "maintenance", id, "err", err)
 					continue
 				}
-				ev = next
+				if !behind(next, ev) {
+					ev = next
+				}
 			}
 		}
 	}
+}
+
+// behind reports whether next is older news than cur: an event that waited
+// in the subscription while a status reply moved on, or the other way round.
+// A drain only moves forward (queued, draining with fewer VMs, ready); the
+// states that end it are always news.
+func behind(next, cur subjects.MaintenanceEvent) bool {
+	rank := map[subjects.MaintenanceState]int{subjects.MaintenanceQueued: 1, subjects.MaintenanceDraining: 2, subjects.MaintenanceReady: 3}
+	rn, rc := rank[next.State], rank[cur.State]
+	switch {
+	case rn == 0 || rc == 0:
+		return false
+	case rn != rc:
+		return rn < rc
+	case next.State == subjects.MaintenanceDraining && next.VMsRemaining != nil && cur.VMsRemaining != nil:
+		return *next.VMsRemaining > *cur.VMsRemaining
+	}
+	return false
 }
 
 // gaveUp is Acquire's error when ctx ends before vDC accepted the request:

@@ -238,6 +238,8 @@ func TestAcquireEvents(t *testing.T) {
 			ev("m-1", subjects.MaintenanceDraining, 2),
 			ev("m-1", subjects.MaintenanceDraining, 2), // a duplicate is not a new state
 			ev("m-1", subjects.MaintenanceDraining, 1),
+			ev("m-1", subjects.MaintenanceDraining, 2), // late: behind what was seen
+			ev("m-1", subjects.MaintenanceQueued, -1),  // late too
 			ev("m-1", subjects.MaintenanceReady, 0),
 		}
 	}})
