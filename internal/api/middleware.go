@@ -161,15 +161,11 @@ func normOrigin(origin string) (string, bool) {
 }
 
 func joinOrigin(scheme, hostport string) string {
-	host, port, err := net.SplitHostPort(hostport)
-	if err != nil {
-		host, port = hostport, ""
-	}
-	if port == "" {
+	_, port, err := net.SplitHostPort(hostport)
+	if err != nil || port == "" {
 		port = map[string]string{"http": "80", "https": "443"}[scheme]
 	}
-	host = strings.ToLower(strings.TrimSuffix(strings.TrimSuffix(strings.TrimPrefix(host, "["), "]"), "."))
-	return scheme + "://" + net.JoinHostPort(host, port)
+	return scheme + "://" + net.JoinHostPort(normHost(hostport), port)
 }
 
 // checkToken requires the bearer token when one is configured.

@@ -72,10 +72,11 @@ func newServer(c *Conn, eng Engine) *server {
 
 // Serve answers the node's request subjects and the fleet check until ctx
 // ends, then drains them and waits for the requests in flight (cancelling
-// those that outlast a short grace). It announces the agent with an online
-// AgentEvent once the engine is Booted, and keeps the node's NodeState in the bucket: at start, after
-// engine events (at most about four puts a second), after every reconnect,
-// and every 30 s as a heartbeat. Call it once per Conn.
+// those that outlast a short grace). Once the engine is Booted it announces
+// the agent with an online AgentEvent and from then on keeps the node's
+// NodeState in the bucket: at once, after engine events (at most about four
+// puts a second), after every reconnect, and every 30 s as a heartbeat. Call
+// it once per Conn.
 func (c *Conn) Serve(ctx context.Context, eng Engine) error {
 	if id := eng.NodeID(); id != c.node {
 		return fmt.Errorf("bus: serve: engine is node %q, connection is node %q", id, c.node)

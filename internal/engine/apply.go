@@ -111,15 +111,14 @@ func (e *Engine) Apply(ctx context.Context, cmd subjects.ApplyCommand) (subjects
 		if installed[mc.Name] == mc.Version && !cmd.AllowDowngrade {
 			continue
 		}
-		parent, base := filepath.Split(filepath.Clean(comp.Dir))
+		staging, backup := sideDirs(comp.Dir)
 		op.Components = append(op.Components, journal.Component{
 			Name: mc.Name, Version: mc.Version, From: installed[mc.Name], Step: journal.StepPending, Dir: comp.Dir,
-			Staging: filepath.Join(parent, "."+base+".qx-staging"),
-			Backup:  filepath.Join(parent, "."+base+".qx-backup"),
+			Staging: staging, Backup: backup,
 			// One directory per component: two artifacts may share a file
 			// name in different directories, and one download must not
 			// replace the other after its hash was checked.
-			Download: filepath.Join(e.opts.StateDir, "downloads", m.Version, mc.Name, path.Base(mc.Artifact)),
+			Download: filepath.Join(e.downloadDir(m.Version), mc.Name, path.Base(mc.Artifact)),
 		})
 	}
 	for _, oc := range op.Components {
@@ -361,7 +360,7 @@ func (e *Engine) finish(op *journal.Operation, err error) {
 		// try once more, or the operation would stay in the journal,
 		// blocking every apply, with the disk still full.
 		e.log.Warn("journal finish failed; freeing the downloads and retrying", "op", op.ID, "err", uerr)
-		os.RemoveAll(filepath.Join(e.opts.StateDir, "downloads", op.Version))
+		os.RemoveAll(e.downloadDir(op.Version))
 		uerr = e.store.Update(end)
 	}
 	if uerr != nil {
@@ -411,11 +410,24 @@ func (e *Engine) flushReleases() {
 // operation in flight none of it is state.
 func (e *Engine) removeLeftovers() {
 	for _, c := range e.opts.Components {
-		parent, base := filepath.Split(filepath.Clean(c.Dir))
-		os.RemoveAll(filepath.Join(parent, "."+base+".qx-staging"))
-		os.RemoveAll(filepath.Join(parent, "."+base+".qx-backup"))
+		staging, backup := sideDirs(c.Dir)
+		os.RemoveAll(staging)
+		os.RemoveAll(backup)
 	}
-	os.RemoveAll(filepath.Join(e.opts.StateDir, "downloads"))
+	os.RemoveAll(e.downloadDir(""))
+}
+
+// sideDirs are where a component installed at dir is staged and backed up:
+// beside it, on its file system, so each swap is a rename.
+func sideDirs(dir string) (staging, backup string) {
+	parent, base := filepath.Split(filepath.Clean(dir))
+	return filepath.Join(parent, "."+base+".qx-staging"), filepath.Join(parent, "."+base+".qx-backup")
+}
+
+// downloadDir is where the artifacts of version are downloaded; with ""
+// the directory of every version's.
+func (e *Engine) downloadDir(version string) string {
+	return filepath.Join(e.opts.StateDir, "downloads", version)
 }
 
 // cleanup removes what an ended operation left: backups, staging, downloads.
@@ -425,7 +437,7 @@ func (e *Engine) cleanup(op *journal.Operation) {
 		os.RemoveAll(c.Backup)
 	}
 	if op.Version != "" {
-		os.RemoveAll(filepath.Join(e.opts.StateDir, "downloads", op.Version))
+		os.RemoveAll(e.downloadDir(op.Version))
 	}
 }
 

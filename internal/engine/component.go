@@ -180,10 +180,15 @@ func putBack(old, dir string, replace bool) error {
 	if err == nil || !errors.Is(err, errNoExchange) {
 		return err
 	}
+	return replaceDir(old, dir)
+}
+
+// replaceDir removes dir and moves the tree at src there.
+func replaceDir(src, dir string) error {
 	if err := os.RemoveAll(dir); err != nil {
 		return err
 	}
-	return os.Rename(old, dir)
+	return os.Rename(src, dir)
 }
 
 // sameInode reports whether p is the file with inode ino.
@@ -341,9 +346,7 @@ func restoreOne(c journal.Component) error {
 		case old != "" && c.StagingIno == 0:
 			// A journal from before the inode was kept: replace the dir
 			// outright, which is safe to repeat.
-			if err = os.RemoveAll(c.Dir); err == nil {
-				err = os.Rename(old, c.Dir)
-			}
+			err = replaceDir(old, c.Dir)
 		case old != "":
 			err = putBack(old, c.Dir, isNew(c.Dir))
 		}

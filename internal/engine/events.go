@@ -17,19 +17,7 @@ func (e *Engine) emit(ev subjects.UpdateEvent) {
 	ev.ID = newID()
 	ev.NodeID = e.opts.NodeID
 	ev.Time = e.now().UTC()
-	err := e.store.Update(func(s *journal.State) error {
-		s.Seq++
-		ev.Seq = s.Seq
-		e.trimDelivered(s)
-		if e.publisher != nil {
-			b, err := json.Marshal(ev)
-			if err != nil {
-				return err
-			}
-			enqueue(s, journal.Pending{Seq: ev.Seq, ID: ev.ID, Payload: b})
-		}
-		return nil
-	})
+	err := e.journalEvent(ev.ID, false, func(seq uint64) any { ev.Seq = seq; return ev })
 	if err != nil {
 		e.log.Error("journal event", "err", err, "type", ev.Type)
 	}
@@ -62,24 +50,33 @@ func (e *Engine) emit(ev subjects.UpdateEvent) {
 // same sequence as update events.
 func (e *Engine) EmitAgent(bootSlot string) subjects.AgentEvent {
 	ev := subjects.AgentEvent{ID: newID(), NodeID: e.opts.NodeID, Time: e.now().UTC(), Type: subjects.EventOnline, Versions: e.Versions(), BootSlot: bootSlot}
-	err := e.store.Update(func(s *journal.State) error {
-		s.Seq++
-		ev.Seq = s.Seq
-		e.trimDelivered(s)
-		if e.publisher != nil {
-			b, err := json.Marshal(ev)
-			if err != nil {
-				return err
-			}
-			enqueue(s, journal.Pending{Seq: ev.Seq, ID: ev.ID, Agent: true, Payload: b})
-		}
-		return nil
-	})
+	err := e.journalEvent(ev.ID, true, func(seq uint64) any { ev.Seq = seq; return ev })
 	if err != nil {
 		e.log.Error("journal agent event", "err", err)
 	}
 	e.wakeOutbox()
 	return ev
+}
+
+// journalEvent gives the event id the node's next seq (through seal, which
+// returns the event with it) and, while a publisher must deliver it, keeps
+// it in the outbox: one journal write for both, shared by update and agent
+// events so they count in one sequence.
+func (e *Engine) journalEvent(id string, agent bool, seal func(seq uint64) any) error {
+	return e.store.Update(func(s *journal.State) error {
+		s.Seq++
+		ev := seal(s.Seq)
+		e.trimDelivered(s)
+		if e.publisher == nil {
+			return nil
+		}
+		b, err := json.Marshal(ev)
+		if err != nil {
+			return err
+		}
+		enqueue(s, journal.Pending{Seq: s.Seq, ID: id, Agent: agent, Payload: b})
+		return nil
+	})
 }
 
 func enqueue(s *journal.State, p journal.Pending) {

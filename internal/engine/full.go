@@ -71,7 +71,7 @@ func (e *Engine) BootSlot() string {
 func (e *Engine) runFull(ctx context.Context, op *journal.Operation, m *manifest.Manifest) error {
 	ab := e.opts.AB
 	img := m.Image
-	dl := filepath.Join(e.opts.StateDir, "downloads", op.Version, path.Base(img.Artifact))
+	dl := filepath.Join(e.downloadDir(op.Version), path.Base(img.Artifact))
 	if op.Phase == journal.PhaseDownloading {
 		if err := e.checkSpace([]need{{filepath.Dir(dl), img.Size - partSize(dl)}}); err != nil {
 			return err

@@ -10,6 +10,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/quantix-os/update-agent/internal/fetch"
 	"github.com/quantix-os/update-agent/internal/journal"
 	"github.com/quantix-os/update-agent/internal/manifest"
 )
@@ -115,7 +116,7 @@ func componentNeeds(op *journal.Operation, m *manifest.Manifest) []need {
 
 // partSize is how much of a download a previous run left in its .part file.
 func partSize(download string) int64 {
-	fi, err := os.Stat(download + ".part")
+	fi, err := os.Stat(fetch.PartPath(download))
 	if err != nil {
 		return 0
 	}

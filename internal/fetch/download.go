@@ -34,6 +34,9 @@ const (
 	metaSuffix = ".part.etag" // JSON partMeta: which URL and ETag the .part holds
 )
 
+// PartPath is where Download keeps the bytes of dst received so far.
+func PartPath(dst string) string { return dst + partSuffix }
+
 // partMeta records what the bytes in a .part are, so a resume (even by a new
 // process) asks for the rest of the same thing. It names the artifact rather
 // than the URL so a changed server address does not waste what is on disk:
@@ -84,7 +87,7 @@ func (c *Client) Download(ctx context.Context, artifact, dst string, size int64,
 		artifact: artifact,
 		url:      u,
 		dst:      dst,
-		part:     dst + partSuffix,
+		part:     PartPath(dst),
 		metaPath: dst + metaSuffix,
 		size:     size,
 		want:     want,

@@ -263,8 +263,7 @@ func (c *Client) Acquire(ctx context.Context, req subjects.MaintenanceRequest, o
 // A drain only moves forward (queued, draining with fewer VMs, ready); the
 // states that end it are always news.
 func behind(next, cur subjects.MaintenanceEvent) bool {
-	rank := map[subjects.MaintenanceState]int{subjects.MaintenanceQueued: 1, subjects.MaintenanceDraining: 2, subjects.MaintenanceReady: 3}
-	rn, rc := rank[next.State], rank[cur.State]
+	rn, rc := progress(next.State), progress(cur.State)
 	switch {
 	case rn == 0 || rc == 0:
 		return false
@@ -274,6 +273,20 @@ func behind(next, cur subjects.MaintenanceEvent) bool {
 		return *next.VMsRemaining > *cur.VMsRemaining
 	}
 	return false
+}
+
+// progress orders the states of a drain on its way to ready; 0 for the
+// states that end it.
+func progress(s subjects.MaintenanceState) int {
+	switch s {
+	case subjects.MaintenanceQueued:
+		return 1
+	case subjects.MaintenanceDraining:
+		return 2
+	case subjects.MaintenanceReady:
+		return 3
+	}
+	return 0
 }
 
 // gaveUp is Acquire's error when ctx ends before vDC accepted the request:
