@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -12,7 +11,6 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -52,32 +50,6 @@ func loadProfileFromEnv() loadProfile {
 		return loadProfile{name: "soak", rate: 1000, dur: 30 * time.Second, maxRatio: 1.10}
 	}
 	return loadProfile{name: "short", rate: 200, dur: 5 * time.Second, maxRatio: 1.25}
-}
-
-// loadRelease publishes version with a qx-node carrying size random bytes
-// (zstd cannot shrink them, so the artifact is that large).
-func loadRelease(t *testing.T, s *site, version string, size int) {
-	t.Helper()
-	payload := make([]byte, size)
-	rand.Read(payload)
-	args := []string{"release", "--repo", s.repo, "--key", s.key, "--channel", "dev", "--version", version}
-	for _, c := range []string{"qx-node", "qx-console"} {
-		src := filepath.Join(s.dir, "src", version, c)
-		writeFile(t, filepath.Join(src, "bin", c), c+" "+version+"\n", 0o755)
-		writeFile(t, filepath.Join(src, "VERSION"), version+"\n", 0o644)
-		if c == "qx-node" {
-			writeFile(t, filepath.Join(src, "data.bin"), string(payload), 0o644)
-		}
-		args = append(args, "--component", c+"="+src)
-	}
-	runCmd(t, "vdc-sim", args...)
-}
-
-// loadVia is s with agents pointed at the Update Server URL u.
-func loadVia(s *site, u string) *site {
-	c := *s
-	c.url = u
-	return &c
 }
 
 // loadPaced is a reverse proxy to the Update Server at target that sends
@@ -182,13 +154,13 @@ func loadHistory(t *testing.T, h *host) []loadEntry {
 // one operation.
 func TestLoadConcurrentApply(t *testing.T) {
 	s := newSite(t)
-	loadRelease(t, s, "0.0.6", 256<<10)
+	releaseRandom(t, s, "0.0.6", 256<<10)
 	// The download waits until every command is answered, so each arrives
 	// while the accepted update runs, however slowly this machine answers.
 	gate := make(chan struct{})
 	var openGate sync.Once
 	defer openGate.Do(func() { close(gate) })
-	h := newHost(t, loadVia(s, loadPaced(t, s.url, 16*loadBandwidth, gate)), "node-1", s.nats)
+	h := newHost(t, s.withServer(loadPaced(t, s.url, 16*loadBandwidth, gate)), "node-1", s.nats)
 	nc := natsClient(t, s.nats)
 	waitAnswering(t, nc, "node-1")
 	vc, err := vdc.NewClient(nc)
@@ -441,8 +413,8 @@ func TestLoadStatusDuringUpdate(t *testing.T) {
 	prof := loadProfileFromEnv()
 	s := newSite(t)
 	// The download alone lasts a second longer than the load.
-	loadRelease(t, s, "0.0.6", int((prof.dur+time.Second).Seconds()*loadBandwidth))
-	via := loadVia(s, loadPaced(t, s.url, loadBandwidth, nil))
+	releaseRandom(t, s, "0.0.6", int((prof.dur+time.Second).Seconds()*loadBandwidth))
+	via := s.withServer(loadPaced(t, s.url, loadBandwidth, nil))
 	nodes := []string{"node-before", "node-loaded", "node-after"}
 	hosts := map[string]*host{}
 	for _, n := range nodes {

@@ -15,7 +15,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -54,7 +53,7 @@ func TestUpdateSurvivesNATSRestart(t *testing.T) {
 	ns := natstest.Start(t)
 	s := newSite(t, "--nats-url", ns.ClientURL())
 	s.nats = ns.ClientURL()
-	payload := releaseLarge(t, s, "0.0.6")
+	payload := releaseRandom(t, s, "0.0.6", bigSize)
 	h := newHost(t, s.withServer(slowUpdateServer(t, s.url)), "node-1", s.nats)
 	defer stopProcs(h.agent, s.serve) // before the restarted server's cleanup shuts it down
 	waitAgentOn(t, "node-1", ns)
@@ -89,7 +88,7 @@ func TestAgentConnectionCut(t *testing.T) {
 	ns := natstest.Start(t)
 	s := newSite(t, "--nats-url", ns.ClientURL())
 	s.nats = ns.ClientURL()
-	payload := releaseLarge(t, s, "0.0.6")
+	payload := releaseRandom(t, s, "0.0.6", bigSize)
 	px := startTCPCut(t, ns.Addr().String())
 	h := newHost(t, s.withServer(slowUpdateServer(t, s.url)), "node-1", px.url())
 	defer stopProcs(h.agent, s.serve)
@@ -132,14 +131,16 @@ func TestAgentConnectionCut(t *testing.T) {
 // another server, and the stream, after electing a new leader, holds every
 // event once.
 func TestClusterFailover(t *testing.T) {
-	servers, opts := startCluster(t)
-	vdcURLs := clusterURLs(servers, url.UserPassword("vdc", userPassword(t, opts, "vdc")))
+	dir := filepath.Join("..", "..", "deploy", "nats", "cluster")
+	servers, all := natstest.StartCluster(t, filepath.Join(dir, "n1.conf"), filepath.Join(dir, "n2.conf"), filepath.Join(dir, "n3.conf"))
+	opts := all[0]
+	vdcURLs := clusterURLs(servers, url.UserPassword("vdc", natstest.Password(t, opts, "vdc")))
 	s := newSite(t, "--nats-url", vdcURLs, "--replicas", "3")
 	s.nats = vdcURLs
-	payload := releaseLarge(t, s, "0.0.6")
+	payload := releaseRandom(t, s, "0.0.6", bigSize)
 
 	pwFile := filepath.Join(t.TempDir(), "node-1.password")
-	writeFile(t, pwFile, userPassword(t, opts, "node-1")+"\n", 0o600)
+	writeFile(t, pwFile, natstest.Password(t, opts, "node-1")+"\n", 0o600)
 	natsYAML := fmt.Sprintf(`{ url: %q, user: node-1, passwordFile: %q }`, clusterURLs(servers, nil), pwFile)
 	h := newHostWith(t, s.withServer(slowUpdateServer(t, s.url)), "node-1", natsYAML)
 	defer stopProcs(h.agent, s.serve)
@@ -175,11 +176,12 @@ func TestClusterFailover(t *testing.T) {
 	}
 }
 
-// releaseLarge publishes version with a qx-node carrying bigSize random bytes
-// (data.bin) and a small qx-console, and returns the random payload.
-func releaseLarge(t *testing.T, s *site, version string) []byte {
+// releaseRandom publishes version with a qx-node carrying size random bytes
+// (data.bin: zstd cannot shrink them, so the artifact is that large) and a
+// small qx-console, and returns the random payload.
+func releaseRandom(t *testing.T, s *site, version string, size int) []byte {
 	t.Helper()
-	payload := make([]byte, bigSize)
+	payload := make([]byte, size)
 	rand.Read(payload)
 	args := []string{"release", "--repo", s.repo, "--key", s.key, "--channel", "dev", "--version", version}
 	for _, c := range []string{"qx-node", "qx-console"} {
@@ -617,64 +619,6 @@ func stopProcs(ps ...*proc) {
 	}
 }
 
-// startCluster runs deploy/nats/cluster's n1..n3 configs (with ../auth.conf)
-// on free loopback ports and waits for a JetStream meta leader.
-func startCluster(t *testing.T) ([]*server.Server, *server.Options) {
-	t.Helper()
-	files := []string{"n1.conf", "n2.conf", "n3.conf"}
-	all := make([]*server.Options, len(files))
-	moved := map[int]int{} // cluster port in the file → a free port
-	for i, f := range files {
-		o, err := server.ProcessConfigFile(filepath.Join("..", "..", "deploy", "nats", "cluster", f))
-		if err != nil {
-			t.Fatalf("load %s: %v", f, err)
-		}
-		all[i] = o
-		moved[o.Cluster.Port] = natstest.FreePort(t)
-	}
-	servers := make([]*server.Server, len(files))
-	for i, o := range all {
-		o.Port = -1
-		o.Cluster.Port = moved[o.Cluster.Port]
-		o.StoreDir = t.TempDir()
-		o.NoLog, o.NoSigs = true, true
-		for j, r := range o.Routes {
-			old, _ := strconv.Atoi(r.Port())
-			p, ok := moved[old]
-			if !ok {
-				t.Fatalf("%s: route %s points at no server of the cluster", files[i], r)
-			}
-			o.Routes[j] = &url.URL{Scheme: r.Scheme, Host: net.JoinHostPort(r.Hostname(), strconv.Itoa(p))}
-		}
-		srv, err := server.NewServer(o)
-		if err != nil {
-			t.Fatalf("new server %s: %v", o.ServerName, err)
-		}
-		srv.Start()
-		t.Cleanup(func() {
-			srv.Shutdown()
-			srv.WaitForShutdown()
-		})
-		if !srv.ReadyForConnections(10 * time.Second) {
-			t.Fatalf("server %s not ready for connections", o.ServerName)
-		}
-		servers[i] = srv
-	}
-	qxtest.WaitFor(t, stepTimeout, "a JetStream meta leader", func() bool {
-		leaders := 0
-		for _, srv := range servers {
-			if srv.JetStreamIsLeader() {
-				leaders++
-			}
-			if !srv.JetStreamIsCurrent() {
-				return false
-			}
-		}
-		return leaders == 1
-	})
-	return servers, all[0]
-}
-
 // clusterURLs lists the servers' client URLs, comma-separated, each with
 // user's credentials when user is not nil.
 func clusterURLs(servers []*server.Server, user *url.Userinfo) string {
@@ -685,18 +629,6 @@ func clusterURLs(servers []*server.Server, user *url.Userinfo) string {
 		us = append(us, u.String())
 	}
 	return strings.Join(us, ",")
-}
-
-// userPassword is user's password as auth.conf holds it.
-func userPassword(t *testing.T, o *server.Options, user string) string {
-	t.Helper()
-	for _, u := range o.Users {
-		if u.Username == user {
-			return u.Password
-		}
-	}
-	t.Fatalf("auth.conf has no user %q", user)
-	return ""
 }
 
 // placeStreamLeader moves the QX_EVENTS stream's leader to the server named

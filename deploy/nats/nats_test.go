@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
-	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -16,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/quantix-os/update-agent/internal/natstest"
 	"github.com/quantix-os/update-agent/subjects"
 )
 
@@ -47,36 +46,11 @@ func loadConfig(t *testing.T, file string) *server.Options {
 	return opts
 }
 
-// password returns user's password as the config file holds it, so the
-// example secrets live in one place.
-func password(t *testing.T, opts *server.Options, user string) string {
-	t.Helper()
-	for _, u := range opts.Users {
-		if u.Username == user {
-			return u.Password
-		}
-	}
-	t.Fatalf("config has no user %q", user)
-	return ""
-}
-
 func startServer(t *testing.T, opts *server.Options) *server.Server {
 	t.Helper()
 	opts.NoLog = true
 	opts.NoSigs = true
-	s, err := server.NewServer(opts)
-	if err != nil {
-		t.Fatalf("new server %s: %v", opts.ServerName, err)
-	}
-	s.Start()
-	t.Cleanup(func() {
-		s.Shutdown()
-		s.WaitForShutdown()
-	})
-	if !s.ReadyForConnections(10 * time.Second) {
-		t.Fatalf("server %s not ready for connections", opts.ServerName)
-	}
-	return s
+	return natstest.Run(t, opts)
 }
 
 // bus is a running server loaded from auth.conf, with the stream and bucket
@@ -152,7 +126,7 @@ func connect(t *testing.T, b *bus, user string, extra ...nats.Option) (*nats.Con
 	if user != "vdc" {
 		opts = append(opts, nats.CustomInboxPrefix(subjects.InboxPrefix(user)))
 	}
-	return dial(t, b.url, user, password(t, b.opts, user), append(opts, extra...)...)
+	return dial(t, b.url, user, natstest.Password(t, b.opts, user), append(opts, extra...)...)
 }
 
 func dial(t *testing.T, url, user, pass string, extra ...nats.Option) (*nats.Conn, <-chan error) {
@@ -589,62 +563,12 @@ func TestConfigsParse(t *testing.T) {
 	}
 }
 
-// freePort returns a loopback port nothing listens on. The cluster ports must
-// be known before any server starts, because each server's routes name them.
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
 // TestClusterForms starts the three cluster configs, moved to free ports,
 // and creates the R3 stream and bucket the way production does.
 func TestClusterForms(t *testing.T) {
-	files := []string{"cluster/n1.conf", "cluster/n2.conf", "cluster/n3.conf"}
-	all := make([]*server.Options, len(files))
-	moved := map[int]int{} // cluster port in the file → free port
-	for i, f := range files {
-		all[i] = loadConfig(t, f)
-		moved[all[i].Cluster.Port] = freePort(t)
-	}
-	servers := make([]*server.Server, len(files))
-	for i, o := range all {
-		o.Port = -1
-		o.Cluster.Port = moved[o.Cluster.Port]
-		o.StoreDir = t.TempDir()
-		for j, r := range o.Routes {
-			old, _ := strconv.Atoi(r.Port())
-			p, ok := moved[old]
-			if !ok {
-				t.Fatalf("%s: route %s points at no server of the cluster", files[i], r)
-			}
-			o.Routes[j] = &url.URL{Scheme: r.Scheme, Host: net.JoinHostPort(r.Hostname(), strconv.Itoa(p))}
-		}
-		servers[i] = startServer(t, o)
-	}
-
-	waitFor(t, 20*time.Second, "JetStream meta leader", func() error {
-		leaders := 0
-		for _, s := range servers {
-			if s.JetStreamIsLeader() {
-				leaders++
-			}
-			if !s.JetStreamIsCurrent() {
-				return fmt.Errorf("%s is not current", s.Name())
-			}
-		}
-		if leaders != 1 {
-			return fmt.Errorf("%d meta leaders", leaders)
-		}
-		return nil
-	})
-
+	servers, all := natstest.StartCluster(t, "cluster/n1.conf", "cluster/n2.conf", "cluster/n3.conf")
 	opts := all[0]
-	vdc, _ := dial(t, servers[0].ClientURL(), "vdc", password(t, opts, "vdc"))
+	vdc, _ := dial(t, servers[0].ClientURL(), "vdc", natstest.Password(t, opts, "vdc"))
 	js := mustJetStream(t, vdc)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
@@ -678,7 +602,7 @@ func TestClusterForms(t *testing.T) {
 
 	// Every server carries auth.conf: node-1, on another server than vdc, is
 	// held to its subjects there too.
-	node, errs := dial(t, servers[1].ClientURL(), "node-1", password(t, opts, "node-1"),
+	node, errs := dial(t, servers[1].ClientURL(), "node-1", natstest.Password(t, opts, "node-1"),
 		nats.CustomInboxPrefix(subjects.InboxPrefix("node-1")))
 	ack, err := mustJetStream(t, node).Publish(ctx, subjects.UpdateEvents("node-1"), []byte(`{"seq":1}`))
 	if err != nil {

@@ -6,6 +6,8 @@ package natstest
 import (
 	"context"
 	"net"
+	"net/url"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -15,6 +17,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/quantix-os/update-agent/internal/bus"
+	"github.com/quantix-os/update-agent/internal/qxtest"
 )
 
 // started remembers each server's options with its bound port, so Restart can
@@ -37,7 +40,7 @@ func Start(t testing.TB, opts ...func(*server.Options)) *server.Server {
 	for _, f := range opts {
 		f(o)
 	}
-	return run(t, o)
+	return Run(t, o)
 }
 
 // Restart shuts s down (if it still runs) and starts a server with the same
@@ -51,10 +54,12 @@ func Restart(t testing.TB, s *server.Server) *server.Server {
 	}
 	s.Shutdown()
 	s.WaitForShutdown()
-	return run(t, v.(*server.Options).Clone())
+	return Run(t, v.(*server.Options).Clone())
 }
 
-func run(t testing.TB, o *server.Options) *server.Server {
+// Run starts a server with o as they are, waits until it takes
+// connections, and shuts it down when the test ends.
+func Run(t testing.TB, o *server.Options) *server.Server {
 	t.Helper()
 	s, err := server.NewServer(o)
 	if err != nil {
@@ -105,4 +110,65 @@ func Provision(t testing.TB, url string, opts ...nats.Option) {
 	if err := bus.Provision(ctx, js, bus.Storage{Replicas: 1}); err != nil {
 		t.Fatalf("natstest: %v", err)
 	}
+}
+
+// StartCluster runs the servers of a cluster from their config files (paths
+// of configs such as deploy/nats/cluster/n1.conf), each on a random client
+// port and with the cluster ports the files name moved to free loopback
+// ports, routes included, with a temp store dir. It waits for a JetStream
+// meta leader and returns the servers and their options, in file order.
+func StartCluster(t testing.TB, files ...string) ([]*server.Server, []*server.Options) {
+	t.Helper()
+	all := make([]*server.Options, len(files))
+	moved := map[int]int{} // cluster port in the file → a free port
+	for i, f := range files {
+		o, err := server.ProcessConfigFile(f)
+		if err != nil {
+			t.Fatalf("natstest: load %s: %v", f, err)
+		}
+		all[i] = o
+		moved[o.Cluster.Port] = FreePort(t)
+	}
+	servers := make([]*server.Server, len(files))
+	for i, o := range all {
+		o.Port = -1
+		o.Cluster.Port = moved[o.Cluster.Port]
+		o.StoreDir = t.TempDir()
+		o.NoLog, o.NoSigs = true, true
+		for j, r := range o.Routes {
+			old, _ := strconv.Atoi(r.Port())
+			p, ok := moved[old]
+			if !ok {
+				t.Fatalf("natstest: %s: route %s points at no server of the cluster", files[i], r)
+			}
+			o.Routes[j] = &url.URL{Scheme: r.Scheme, Host: net.JoinHostPort(r.Hostname(), strconv.Itoa(p))}
+		}
+		servers[i] = Run(t, o)
+	}
+	qxtest.WaitFor(t, 20*time.Second, "a JetStream meta leader", func() bool {
+		leaders := 0
+		for _, s := range servers {
+			if s.JetStreamIsLeader() {
+				leaders++
+			}
+			if !s.JetStreamIsCurrent() {
+				return false
+			}
+		}
+		return leaders == 1
+	})
+	return servers, all
+}
+
+// Password is user's password in the server options o (as a config file
+// such as deploy/nats/auth.conf holds it), so example secrets live in one place.
+func Password(t testing.TB, o *server.Options, user string) string {
+	t.Helper()
+	for _, u := range o.Users {
+		if u.Username == user {
+			return u.Password
+		}
+	}
+	t.Fatalf("natstest: config has no user %q", user)
+	return ""
 }
