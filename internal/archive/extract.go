@@ -404,26 +404,9 @@ func (x *extractor) file(name string, hdr *tar.Header, perm os.FileMode) error {
 		x.w.put(fileJob{name: name, perm: perm, mtime: hdr.ModTime, data: data})
 		return nil
 	}
-	// O_EXCL: never open something that is already there (nor follow a
-	// symlink in its place).
-	f, err := x.root.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return err
-	}
 	x.seen[name] = kindFile
 	x.stats.Files++
-	if err := x.copy(f, hdr.Size); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Chmod(perm); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return x.root.Chtimes(name, hdr.ModTime, hdr.ModTime)
+	return x.create(name, perm, hdr.ModTime, func(f *os.File) error { return x.copy(f, hdr.Size) })
 }
 
 // copy moves size bytes of the current entry to f, checking ctx between

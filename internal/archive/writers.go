@@ -68,7 +68,11 @@ func (w *writers) run() {
 	for j := range w.jobs {
 		// After a failure or a cancel, only hand the buffers back.
 		if w.failed() == nil && w.x.ctx.Err() == nil {
-			if err := w.x.create(j); err != nil {
+			err := w.x.create(j.name, j.perm, j.mtime, func(f *os.File) error {
+				_, err := f.Write(j.data)
+				return err
+			})
+			if err != nil {
 				w.fail(fmt.Errorf("archive: entry %q: %w", j.name, err))
 			}
 		}
@@ -101,24 +105,25 @@ func (w *writers) wait() error {
 	return w.failed()
 }
 
-// create makes the file j describes: O_EXCL, never opening something that is
-// already there (nor following a symlink in its place), then its bytes, mode
-// and mtime.
-func (x *extractor) create(j fileJob) error {
-	f, err := x.root.OpenFile(j.name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+// create makes the file name: O_EXCL, never opening something that is
+// already there (nor following a symlink in its place), then fill writes
+// its bytes, then its mode and mtime. The main goroutine and the writers
+// both create files with it.
+func (x *extractor) create(name string, perm os.FileMode, mtime time.Time, fill func(*os.File) error) error {
+	f, err := x.root.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return err
 	}
-	if _, err := f.Write(j.data); err != nil {
+	if err := fill(f); err != nil {
 		f.Close()
 		return err
 	}
-	if err := f.Chmod(j.perm); err != nil {
+	if err := f.Chmod(perm); err != nil {
 		f.Close()
 		return err
 	}
 	if err := f.Close(); err != nil {
 		return err
 	}
-	return x.root.Chtimes(j.name, j.mtime, j.mtime)
+	return x.root.Chtimes(name, mtime, mtime)
 }
