@@ -137,16 +137,12 @@ func serve(ctx context.Context, cfg config.Options, log *slog.Logger) error {
 			MaintenanceTimeout: cfg.AB.MaintenanceTimeout.D(), HealthCommand: cfg.AB.HealthCommand,
 		}
 	}
-	spaceReserve := int64(cfg.Paths.MinFreeMiB) << 20
-	if spaceReserve == 0 {
-		spaceReserve = -1 // minFreeMiB: 0 asks for no reserve; the engine's 0 is its default
-	}
 	eng, err := engine.New(engine.Options{
 		NodeID: cfg.NodeID, Root: cfg.Paths.Root, StateDir: cfg.StateDir(), Components: comps,
 		RCService: cfg.Services.RCService, RestartTimeout: cfg.Services.RestartTimeout.D(), Keys: keys, Fetcher: client,
 		ServerURL: cfg.Updates.ServerURL, Channel: cfg.Updates.Channel, AutoCheck: cfg.Updates.AutoCheck,
 		AutoApply: cfg.Updates.AutoApply, CheckInterval: cfg.Updates.CheckInterval.D(), AgentVersion: version, Logger: log, AB: ab,
-		SpaceReserve: spaceReserve, Failpoint: failpointHook(log),
+		SpaceReserve: int64(cfg.Paths.MinFreeMiB) << 20, Failpoint: failpointHook(log),
 	})
 	if err != nil {
 		return err

@@ -74,8 +74,9 @@ type Options struct {
 	// FreeSpace measures the file systems an update writes to before it
 	// starts (see checkSpace); nil: statfs(2).
 	FreeSpace FreeSpace
-	// SpaceReserve is the bytes an update leaves free on each of them:
-	// 0 means SpaceReserve, negative none.
+	// SpaceReserve is the bytes an update leaves free on each of them: a
+	// hypervisor's VMs, logs and the agent's journal share those disks, and
+	// an update must not be what fills one (the agent's config says 256 MiB).
 	SpaceReserve int64
 	// Hooks, for tests: called with a point name at every durable step.
 	Failpoint func(name string)

@@ -19,11 +19,6 @@ import (
 // its new trees. The update stops before it writes anything.
 var ErrNoSpace = errors.New("not enough free space")
 
-// SpaceReserve is what an update leaves free on every file system it writes
-// to by default (Options.SpaceReserve): a hypervisor's VMs, logs and the
-// agent's journal share those disks, and an update must not be what fills one.
-const SpaceReserve = 256 << 20
-
 // FreeSpace reports the bytes an unprivileged writer may still use on the
 // file system of path, and that file system's device number (two paths on
 // one device share its space).
@@ -49,7 +44,7 @@ type need struct {
 }
 
 // checkSpace fails with ErrNoSpace when a file system lacks room for what
-// is needed on it plus SpaceReserve. Needs on one device add up.
+// is needed on it plus Options.SpaceReserve. Needs on one device add up.
 func (e *Engine) checkSpace(needs []need) error {
 	type fsNeed struct {
 		path       string
@@ -77,13 +72,7 @@ func (e *Engine) checkSpace(needs []need) error {
 		fss = append(fss, f)
 	}
 	slices.SortFunc(fss, func(a, b *fsNeed) int { return cmp.Compare(a.path, b.path) })
-	reserve := e.opts.SpaceReserve
-	switch {
-	case reserve == 0:
-		reserve = SpaceReserve
-	case reserve < 0:
-		reserve = 0
-	}
+	reserve := max(e.opts.SpaceReserve, 0)
 	for _, f := range fss {
 		if f.need+reserve > f.free {
 			return fmt.Errorf("disk space on %s: the update needs %s there and keeps %s free, but %s is free: %w",

@@ -14,6 +14,9 @@ import (
 	"github.com/quantix-os/update-agent/subjects"
 )
 
+// reserve is what the space tests keep free: the agent's default.
+const reserve = 256 << 20
+
 // fakeDisks gives the state dir and the host root file systems of their own,
 // or one shared, with the free space the test sets.
 type fakeDisks struct {
@@ -53,7 +56,7 @@ func releaseSizes(t *testing.T, h *harness) (size, raw int64) {
 	return size, raw
 }
 
-// An update that would leave a disk with less than SpaceReserve free stops
+// An update that would leave a disk with less than the reserve free stops
 // before it writes anything; on one device the needs add up.
 func TestApplyChecksFreeSpace(t *testing.T) {
 	const plenty = 1 << 40
@@ -65,16 +68,16 @@ func TestApplyChecksFreeSpace(t *testing.T) {
 	}{
 		{"room everywhere", func(d *fakeDisks, size, raw int64) { d.stateFree, d.rootFree = plenty, plenty }, ""},
 		{"state dir full", func(d *fakeDisks, size, raw int64) {
-			d.stateFree, d.rootFree = SpaceReserve+uint64(size)-1, plenty
+			d.stateFree, d.rootFree = reserve+uint64(size)-1, plenty
 		}, "disk space on " + "STATE"},
 		{"root full", func(d *fakeDisks, size, raw int64) {
-			d.stateFree, d.rootFree = plenty, SpaceReserve+uint64(raw)-1
+			d.stateFree, d.rootFree = plenty, reserve+uint64(raw)-1
 		}, "disk space on " + "ROOT"},
 		{"just enough on each", func(d *fakeDisks, size, raw int64) {
-			d.stateFree, d.rootFree = SpaceReserve+uint64(size), SpaceReserve+uint64(raw)
+			d.stateFree, d.rootFree = reserve+uint64(size), reserve+uint64(raw)
 		}, ""},
 		{"one disk, not enough for both", func(d *fakeDisks, size, raw int64) {
-			d.shared, d.stateFree = true, SpaceReserve+uint64(max(size, raw))
+			d.shared, d.stateFree = true, reserve+uint64(max(size, raw))
 		}, "not enough free space"},
 	}
 	for _, tt := range tests {
@@ -82,7 +85,7 @@ func TestApplyChecksFreeSpace(t *testing.T) {
 			disks := &fakeDisks{}
 			h := newHarnessWith(t, func(h *harness) {
 				disks.state, disks.root = h.state, h.root
-			}, func(o *Options) { o.FreeSpace = disks.freeSpace })
+			}, func(o *Options) { o.FreeSpace, o.SpaceReserve = disks.freeSpace, reserve })
 			size, raw := releaseSizes(t, h)
 			tt.set(disks, size, raw)
 			before := tree(t, h.root)
@@ -108,9 +111,10 @@ func TestApplyChecksFreeSpace(t *testing.T) {
 // A full update checks the room for its image before it asks vDC to drain
 // the host.
 func TestFullUpdateChecksFreeSpace(t *testing.T) {
-	disks := &fakeDisks{stateFree: SpaceReserve, rootFree: 1 << 40}
+	disks := &fakeDisks{stateFree: reserve, rootFree: 1 << 40}
 	maint := &fakeMaint{}
 	a := newABHost(t, maint, func(o *Options) {
+		o.SpaceReserve = reserve
 		o.FreeSpace = func(p string) (uint64, uint64, error) {
 			if strings.HasPrefix(p, o.StateDir) {
 				return disks.stateFree, 1, nil
@@ -134,10 +138,10 @@ func TestSpaceReserveOption(t *testing.T) {
 		extra   uint64 // free beyond the update's needs
 		want    string // in the failure; "" for a completed update
 	}{
-		{-1, 0, ""},
+		{0, 0, ""},
 		{1 << 20, 1<<20 - 1, "keeps 1.0 MiB free"},
 		{1 << 20, 1 << 20, ""},
-		{0, SpaceReserve - 1, "keeps 256.0 MiB free"},
+		{reserve, reserve - 1, "keeps 256.0 MiB free"},
 	}
 	for _, tt := range tests {
 		disks := &fakeDisks{}
