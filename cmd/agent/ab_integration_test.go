@@ -56,8 +56,33 @@ func testImage(n int) []byte {
 // block, a kernel command line file and a reboot script that only records it ran.
 type abHost struct {
 	*host
-	node                                    string
-	slotA, slotB, grubEnv, cmdline, reboots string
+	*abDisks
+	node string
+}
+
+// abDisks are an A/B host's boot pieces, as files: the two slots (a holds
+// slotAWas and is booted, b the old oldSlotB), the GRUB env block with
+// qx_slot=a, the kernel command line, and a reboot command that counts its
+// runs in reboots.
+type abDisks struct {
+	slotA, slotB, grubEnv, cmdline, rebootCmd, reboots string
+	slotAWas                                           []byte
+}
+
+// layABDisks makes an A/B host's boot pieces in dir.
+func layABDisks(t *testing.T, dir string) *abDisks {
+	t.Helper()
+	d := &abDisks{slotA: filepath.Join(dir, "slot-a"), slotB: filepath.Join(dir, "slot-b"),
+		grubEnv: filepath.Join(dir, "grubenv"), cmdline: filepath.Join(dir, "cmdline"),
+		rebootCmd: filepath.Join(dir, "reboot"), reboots: filepath.Join(dir, "reboots"),
+		slotAWas: bytes.Repeat([]byte("slot a: system 0.0.5\n"), 4096)}
+	writeFile(t, d.slotA, string(d.slotAWas), 0o644)
+	writeFile(t, d.slotB, string(oldSlotB), 0o644)
+	grubEditenv(t, d.grubEnv, "create")
+	grubEditenv(t, d.grubEnv, "set", "qx_slot=a")
+	writeFile(t, d.cmdline, "qx.slot=a\n", 0o644)
+	writeFile(t, d.rebootCmd, "#!/bin/sh\necho reboot >>"+d.reboots+"\n", 0o755)
+	return d
 }
 
 // oldSlotB is what slot b holds before any update; a refused update leaves it.
@@ -65,28 +90,9 @@ var oldSlotB = bytes.Repeat([]byte("slot b: old system 0.0.4\n"), 4096)
 
 func newABHost(t *testing.T, s *site, node, maintenanceTimeout string) *abHost {
 	t.Helper()
-	d := t.TempDir()
-	h := &abHost{host: &host{dir: d, token: "s3cret-token"}, node: node}
-	h.root = filepath.Join(d, "root")
-	writeFile(t, filepath.Join(h.root, "etc/quantix/versions.json"), `{"os":"0.0.5","components":{"qx-node":"0.0.5","qx-console":"0.0.5"}}`, 0o644)
-	for _, c := range []string{"qx-node", "qx-console"} {
-		writeFile(t, filepath.Join(h.root, "opt/quantix", c, "bin", c), c+" 0.0.5\n", 0o755)
-		writeFile(t, filepath.Join(h.root, "opt/quantix", c, "VERSION"), "0.0.5\n", 0o644)
-	}
-	h.rcLog = filepath.Join(d, "rc.log")
-	writeFile(t, filepath.Join(d, "rc-service"), "#!/bin/sh\necho \"$*\" >>"+h.rcLog+"\n", 0o755)
-	writeFile(t, filepath.Join(d, "token"), h.token+"\n", 0o600)
-
-	h.slotA, h.slotB = filepath.Join(d, "slot-a"), filepath.Join(d, "slot-b")
-	writeFile(t, h.slotA, strings.Repeat("slot a: system 0.0.5\n", 4096), 0o644)
-	writeFile(t, h.slotB, string(oldSlotB), 0o644)
-	h.grubEnv = filepath.Join(d, "grubenv")
-	grubEditenv(t, h.grubEnv, "create")
-	grubEditenv(t, h.grubEnv, "set", "qx_slot=a")
-	h.cmdline = filepath.Join(d, "cmdline")
-	writeFile(t, h.cmdline, "qx.slot=a\n", 0o644)
-	h.reboots = filepath.Join(d, "reboots")
-	writeFile(t, filepath.Join(d, "reboot"), "#!/bin/sh\necho reboot >>"+h.reboots+"\n", 0o755)
+	lay := layHost(t)
+	d := lay.dir
+	h := &abHost{host: lay, abDisks: layABDisks(t, d), node: node}
 
 	h.cfg = filepath.Join(d, "agent.yaml")
 	writeFile(t, h.cfg, fmt.Sprintf(`nodeId: %s
@@ -106,7 +112,7 @@ ab:
   rebootCommand: [%q]
   maintenanceTimeout: %s
 `, node, s.nats, s.url, s.pub, h.root, filepath.Join(d, "rc-service"), filepath.Join(d, "token"),
-		h.slotA, h.slotB, h.grubEnv, h.cmdline, filepath.Join(d, "reboot"), maintenanceTimeout), 0o644)
+		h.slotA, h.slotB, h.grubEnv, h.cmdline, h.rebootCmd, maintenanceTimeout), 0o644)
 	h.start(t)
 	return h
 }

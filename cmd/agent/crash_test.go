@@ -197,13 +197,12 @@ func releaseCrash(t *testing.T, s *site, img []byte) *crashRelease {
 // an rc-service stand-in, and A/B slots when its release has an image.
 type crashHost struct {
 	*host
-	rel                            *crashRelease
-	stateDir                       string
-	old                            map[string]map[string]string // component → its 0.0.5 tree
-	slotA, slotB, grubEnv, cmdline string
-	slotAWas                       []byte
-	healthMarks                    map[string]string // component → file whose presence fails its health check
-	node                           string
+	rel         *crashRelease
+	stateDir    string
+	old         map[string]map[string]string // component → its 0.0.5 tree
+	*abDisks                                 // A/B releases only
+	healthMarks map[string]string            // component → file whose presence fails its health check
+	node        string
 }
 
 // hostOpts change a crash host's configuration.
@@ -214,10 +213,10 @@ type hostOpts struct {
 
 func newCrashHost(t *testing.T, rel *crashRelease, node string, o hostOpts) *crashHost {
 	t.Helper()
-	d := t.TempDir()
-	h := &crashHost{host: &host{dir: d, token: "s3cret-token"}, rel: rel, node: node,
+	lay := layHost(t)
+	d := lay.dir
+	h := &crashHost{host: lay, rel: rel, node: node,
 		old: map[string]map[string]string{}, healthMarks: map[string]string{}}
-	h.root = filepath.Join(d, "root")
 	h.stateDir = filepath.Join(h.root, "var/lib/quantix/update")
 	if o.stateDir != "" {
 		h.stateDir = o.stateDir
@@ -225,33 +224,19 @@ func newCrashHost(t *testing.T, rel *crashRelease, node string, o hostOpts) *cra
 	if o.serverURL == "" {
 		o.serverURL = rel.site.url
 	}
-	writeFile(t, filepath.Join(h.root, "etc/quantix/versions.json"), `{"os":"0.0.5","components":{"qx-node":"0.0.5","qx-console":"0.0.5"}}`, 0o644)
 	var comps strings.Builder
 	for _, c := range crashComponents {
 		dir := filepath.Join(h.root, "opt/quantix", c)
-		writeFile(t, filepath.Join(dir, "bin", c), c+" 0.0.5\n", 0o755)
-		writeFile(t, filepath.Join(dir, "VERSION"), "0.0.5\n", 0o644)
 		writeFile(t, filepath.Join(dir, "etc/old-only.conf"), "dropped by 0.0.6\n", 0o644)
 		h.old[c] = readTree(t, dir)
 		h.healthMarks[c] = filepath.Join(d, "unhealthy-"+c)
 		fmt.Fprintf(&comps, "  %s: { dir: opt/quantix/%s, service: %s, health: [\"/bin/sh\", \"-c\", %q], healthTimeout: 1s }\n",
 			c, c, c, "test ! -e "+h.healthMarks[c])
 	}
-	h.rcLog = filepath.Join(d, "rc.log")
-	writeFile(t, filepath.Join(d, "rc-service"), "#!/bin/sh\necho \"$*\" >>"+h.rcLog+"\n", 0o755)
-	writeFile(t, filepath.Join(d, "token"), h.token+"\n", 0o600)
 	natsURL, ab := "", ""
 	if rel.img != nil {
 		natsURL = rel.site.nats
-		h.slotA, h.slotB = filepath.Join(d, "slot-a"), filepath.Join(d, "slot-b")
-		h.slotAWas = bytes.Repeat([]byte("slot a: system 0.0.5\n"), 4096)
-		writeFile(t, h.slotA, string(h.slotAWas), 0o644)
-		writeFile(t, h.slotB, string(oldSlotB), 0o644)
-		h.grubEnv, h.cmdline = filepath.Join(d, "grubenv"), filepath.Join(d, "cmdline")
-		grubEditenv(t, h.grubEnv, "create")
-		grubEditenv(t, h.grubEnv, "set", "qx_slot=a")
-		writeFile(t, h.cmdline, "qx.slot=a\n", 0o644)
-		writeFile(t, filepath.Join(d, "reboot"), "#!/bin/sh\necho reboot >>"+filepath.Join(d, "reboots")+"\n", 0o755)
+		h.abDisks = layABDisks(t, d)
 		ab = fmt.Sprintf(`ab:
   slots: { a: %q, b: %q }
   grubEnv: %q
@@ -259,7 +244,7 @@ func newCrashHost(t *testing.T, rel *crashRelease, node string, o hostOpts) *cra
   rebootCommand: [%q]
   maintenanceTimeout: 30s
   healthCommand: ["/bin/sh", "-c", "test -f %s"]
-`, h.slotA, h.slotB, h.grubEnv, h.cmdline, filepath.Join(d, "reboot"), filepath.Join(h.root, "etc/quantix/versions.json"))
+`, h.slotA, h.slotB, h.grubEnv, h.cmdline, h.rebootCmd, filepath.Join(h.root, "etc/quantix/versions.json"))
 	}
 	h.cfg = filepath.Join(d, "agent.yaml")
 	writeFile(t, h.cfg, fmt.Sprintf(`nodeId: %s

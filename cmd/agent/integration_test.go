@@ -166,16 +166,7 @@ func newHost(t *testing.T, s *site, node, natsURL string) *host {
 // (for users, passwords and server lists).
 func newHostWith(t *testing.T, s *site, node, natsYAML string) *host {
 	t.Helper()
-	h := &host{dir: t.TempDir(), token: "s3cret-token"}
-	h.root = filepath.Join(h.dir, "root")
-	writeFile(t, filepath.Join(h.root, "etc/quantix/versions.json"), `{"os":"0.0.5","components":{"qx-node":"0.0.5","qx-console":"0.0.5"}}`, 0o644)
-	for _, c := range []string{"qx-node", "qx-console"} {
-		writeFile(t, filepath.Join(h.root, "opt/quantix", c, "bin", c), c+" 0.0.5\n", 0o755)
-		writeFile(t, filepath.Join(h.root, "opt/quantix", c, "VERSION"), "0.0.5\n", 0o644)
-	}
-	h.rcLog = filepath.Join(h.dir, "rc.log")
-	writeFile(t, filepath.Join(h.dir, "rc-service"), "#!/bin/sh\necho \"$*\" >>"+h.rcLog+"\n", 0o755)
-	writeFile(t, filepath.Join(h.dir, "token"), h.token+"\n", 0o600)
+	h := layHost(t)
 	h.cfg = filepath.Join(h.dir, "agent.yaml")
 	writeFile(t, h.cfg, fmt.Sprintf(`nodeId: %s
 nats: %s
@@ -189,6 +180,24 @@ http: { listen: "127.0.0.1:0", tokenFile: %q }
 log: { format: json, level: debug }
 `, node, natsYAML, s.url, s.pub, h.root, filepath.Join(h.dir, "rc-service"), filepath.Join(h.dir, "token")), 0o644)
 	h.start(t)
+	return h
+}
+
+// layHost lays out a host in a temp dir, without its config: a root at
+// 0.0.5 (versions.json, qx-node and qx-console), an rc-service stand-in that
+// logs its calls to rcLog, and the API token file.
+func layHost(t *testing.T) *host {
+	t.Helper()
+	h := &host{dir: t.TempDir(), token: "s3cret-token"}
+	h.root = filepath.Join(h.dir, "root")
+	writeFile(t, filepath.Join(h.root, "etc/quantix/versions.json"), `{"os":"0.0.5","components":{"qx-node":"0.0.5","qx-console":"0.0.5"}}`, 0o644)
+	for _, c := range []string{"qx-node", "qx-console"} {
+		writeFile(t, filepath.Join(h.root, "opt/quantix", c, "bin", c), c+" 0.0.5\n", 0o755)
+		writeFile(t, filepath.Join(h.root, "opt/quantix", c, "VERSION"), "0.0.5\n", 0o644)
+	}
+	h.rcLog = filepath.Join(h.dir, "rc.log")
+	writeFile(t, filepath.Join(h.dir, "rc-service"), "#!/bin/sh\necho \"$*\" >>"+h.rcLog+"\n", 0o755)
+	writeFile(t, filepath.Join(h.dir, "token"), h.token+"\n", 0o600)
 	return h
 }
 
